@@ -1,0 +1,141 @@
+//! The API's errors and their one mapping to HTTP: every error leaves as
+//! `{"error": {"code", "message"}}` with the right status. A 5xx says little to the client and
+//! everything to the log.
+
+use atlasia_core::{Role, RunStatus, ValidationError};
+use atlasia_store::StoreError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("missing or unknown bearer token")]
+    Unauthorized,
+    #[error("this needs the {needed} role; the token has {has}")]
+    Forbidden { needed: Role, has: Role },
+    #[error("{message}")]
+    InvalidTransition { message: String, current: RunStatus },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the database connection pool is exhausted; retry shortly")]
+    PoolTimeout,
+    #[error("the request took longer than {0} ms")]
+    Timeout(u64),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::InvalidTransition { .. } | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PoolTimeout | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BadRequest(_) => "bad_request",
+            Self::Invalid { .. } => "invalid_field",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
+            Self::InvalidTransition { .. } => "invalid_transition",
+            Self::Conflict(_) => "conflict",
+            Self::PoolTimeout => "db_pool_timeout",
+            Self::Timeout(_) => "request_timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            Self::PoolTimeout => {
+                metrics::counter!("db_pool_timeouts_total").increment(1);
+                tracing::warn!("database pool exhausted; answered 503");
+            }
+            _ => {}
+        }
+        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        match &self {
+            Self::InvalidTransition { current, .. } => {
+                body["error"]["current_status"] = json!(current);
+            }
+            Self::Invalid { field, .. } => body["error"]["field"] = json!(field),
+            _ => {}
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::PoolTimeout | Self::Timeout(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::Unauthorized) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::PoolTimeout(_) => Self::PoolTimeout,
+            StoreError::NotFound(what) => Self::NotFound(what.to_owned()),
+            StoreError::Transition(t) => Self::InvalidTransition {
+                message: t.to_string(),
+                current: t.from,
+            },
+            StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::BadCursor => Self::Invalid {
+                field: "cursor".into(),
+                message: "is not a cursor this server issued".into(),
+            },
+            other @ (StoreError::Corrupt(_)
+            | StoreError::Config(_)
+            | StoreError::Migrate(_)
+            | StoreError::Db(_)) => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid {
+            field: e.field.to_owned(),
+            message: e.message,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! HTTP handlers, one module per resource. Handlers are thin: extract, call the store, map.
+
+pub mod admin;
+pub mod health;
+pub mod metrics;
+pub mod runs;

@@ -1,0 +1,358 @@
+//! Typed settings: defaults ← `atlasia.toml` ← environment. Every key is optional. The
+//! original system's variable names (`DB_URL`, `ORCHESTRATOR_TOKEN`) keep working beside
+//! `ATLASIA_<SECTION>__<KEY>`. Validation happens once, at start, and names the key at fault.
+
+use atlasia_store::{Backend, DbOptions};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every setting of the server.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub storage: StorageSettings,
+    pub auth: AuthSettings,
+}
+
+/// The HTTP listener and logs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on (`--bind`, `ATLASIA_SERVER__BIND`).
+    pub bind: String,
+    /// `text` or `json` (`--log-format`).
+    pub log_format: LogFormat,
+    /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
+    pub shutdown_timeout_ms: u64,
+    /// A request still running after this gets 503 `request_timeout`.
+    pub request_timeout_ms: u64,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The database and its connection pool (defaults from the runbook).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://…` or `postgres://…` (`DB_URL`); default `sqlite://<data_dir>/atlasia.db`.
+    #[serde(serialize_with = "mask_url")]
+    pub url: Option<String>,
+    pub max_connections: u32,
+    pub min_idle: u32,
+    pub acquire_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_lifetime_ms: u64,
+    /// The readiness check fails when a `SELECT 1` takes longer than this.
+    pub ready_timeout_ms: u64,
+}
+
+/// Local files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Where the SQLite file and (later) workspaces live.
+    pub data_dir: PathBuf,
+    /// Readiness fails when the data directory's disk has less free space than this.
+    pub min_free_disk_mb: u64,
+}
+
+/// Authentication.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// A bootstrap admin token (`ORCHESTRATOR_TOKEN`). Unset: only stored tokens work.
+    #[serde(serialize_with = "mask_secret")]
+    pub orchestrator_token: Option<SecretString>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            log_format: LogFormat::Text,
+            shutdown_timeout_ms: 30_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        let d = DbOptions::default();
+        Self {
+            url: None,
+            max_connections: d.max_connections,
+            min_idle: d.min_idle,
+            acquire_timeout_ms: ms(d.acquire_timeout),
+            idle_timeout_ms: ms(d.idle_timeout),
+            max_lifetime_ms: ms(d.max_lifetime),
+            ready_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            min_free_disk_mb: 512,
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn mask_secret<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("********"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Hides the password of a database URL, keeps the rest readable.
+fn mask_url<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:********@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let masked = if userinfo.contains(':') {
+        format!("{user}:********")
+    } else {
+        user.to_owned()
+    };
+    let slash = if rest.contains('/') { "/" } else { "" };
+    format!("{scheme}://{masked}@{host}{slash}{tail}")
+}
+
+/// A setting that is missing its mark: the key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {key}: {reason}")]
+pub struct SettingsError {
+    /// Dotted key, e.g. `database.max_connections`.
+    pub key: String,
+    /// Why the value is refused (and where it came from, when known).
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(key: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or `./atlasia.toml` when present), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(f) if !f.exists() => {
+                return Err(SettingsError::new(
+                    "config",
+                    format!("file {} does not exist", f.display()),
+                ));
+            }
+            Some(f) => fig = fig.merge(Toml::file_exact(f)),
+            None if Path::new("atlasia.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("atlasia.toml"));
+            }
+            None => {}
+        }
+        fig = fig
+            // Only `SECTION__KEY` names: other ATLASIA_* variables are not settings.
+            .merge(
+                Env::prefixed("ATLASIA_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
+            .merge(Env::raw().only(&["DB_URL"]).map(|_| "database.url".into()))
+            .merge(
+                Env::raw()
+                    .only(&["ORCHESTRATOR_TOKEN"])
+                    .map(|_| "auth.orchestrator_token".into()),
+            );
+        let settings: Settings = fig.extract().map_err(from_figment)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.bind_addr()?;
+        let db = &self.database;
+        if db.max_connections == 0 {
+            return Err(SettingsError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if db.min_idle > db.max_connections {
+            return Err(SettingsError::new(
+                "database.min_idle",
+                format!(
+                    "must not exceed database.max_connections ({})",
+                    db.max_connections
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("database.acquire_timeout_ms", db.acquire_timeout_ms),
+            ("database.ready_timeout_ms", db.ready_timeout_ms),
+            (
+                "server.shutdown_timeout_ms",
+                self.server.shutdown_timeout_ms,
+            ),
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(SettingsError::new(key, "must be greater than 0"));
+            }
+        }
+        if Backend::of_url(&self.db_url()).is_none() {
+            return Err(SettingsError::new(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if let Some(t) = &self.auth.orchestrator_token
+            && t.expose_secret().len() < 16
+        {
+            return Err(SettingsError::new(
+                "auth.orchestrator_token",
+                "must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listen address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, SettingsError> {
+        self.server.bind.parse().map_err(|_| {
+            SettingsError::new(
+                "server.bind",
+                format!(
+                    "'{}' is not an address like 127.0.0.1:8080",
+                    self.server.bind
+                ),
+            )
+        })
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn db_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.storage.data_dir.join("atlasia.db").display()
+            )
+        })
+    }
+
+    /// What the store needs to connect.
+    pub fn db_options(&self) -> DbOptions {
+        let d = &self.database;
+        DbOptions {
+            url: self.db_url(),
+            max_connections: d.max_connections,
+            min_idle: d.min_idle,
+            acquire_timeout: Duration::from_millis(d.acquire_timeout_ms),
+            idle_timeout: Duration::from_millis(d.idle_timeout_ms),
+            max_lifetime: Duration::from_millis(d.max_lifetime_ms),
+        }
+    }
+
+    /// The effective settings as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = Some(self.db_url());
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn from_figment(e: figment::Error) -> SettingsError {
+    let key = if e.path.is_empty() {
+        "config".to_owned()
+    } else {
+        e.path.join(".")
+    };
+    let mut reason = e.kind.to_string();
+    if let Some(md) = &e.metadata {
+        reason.push_str(&format!(" (from {})", md.name));
+    }
+    // One line, whatever the provider's description holds.
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    SettingsError { key, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_follow_the_runbook() {
+        let s = Settings::default();
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(
+            (
+                s.database.max_connections,
+                s.database.min_idle,
+                s.database.acquire_timeout_ms
+            ),
+            (20, 5, 30_000)
+        );
+        assert_eq!(s.db_url(), "sqlite://./data/atlasia.db");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:********@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://./data/a.db"), "sqlite://./data/a.db");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut s = Settings::default();
+        s.database.min_idle = 50;
+        assert_eq!(
+            s.validate().map_err(|e| e.key),
+            Err("database.min_idle".into())
+        );
+        let mut s = Settings::default();
+        s.server.bind = "nowhere".into();
+        assert_eq!(s.validate().map_err(|e| e.key), Err("server.bind".into()));
+    }
+}

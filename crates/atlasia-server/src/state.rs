@@ -1,0 +1,15 @@
+//! The one application state every handler receives. Cheap to clone.
+
+use crate::settings::Settings;
+use atlasia_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    /// Renders the Prometheus text format.
+    pub metrics: PrometheusHandle,
+}

@@ -1,0 +1,90 @@
+//! Metrics registration and log setup. Each metric is described once here so the exposition
+//! carries HELP and TYPE lines (promtool checks them) and labels stay bounded.
+
+use crate::settings::LogFormat;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use tracing_subscriber::EnvFilter;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets (seconds) for the HTTP histogram: fine below 10 ms where the API lives.
+const HTTP_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the global metrics recorder once per process and returns its handle.
+pub fn metrics_handle() -> Result<PrometheusHandle, String> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("http_server_requests_seconds".into()),
+            HTTP_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    // A second caller (tests) keeps the first recorder.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        describe();
+    }
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_histogram!(
+        "http_server_requests_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method, route template and status."
+    );
+    describe_gauge!(
+        "db_pool_connections_active",
+        "Database connections lent out."
+    );
+    describe_gauge!(
+        "db_pool_connections_idle",
+        "Database connections open and free."
+    );
+    describe_gauge!(
+        "db_pool_connections_pending",
+        "Callers waiting for a database connection."
+    );
+    describe_gauge!("db_pool_connections_max", "Configured maximum pool size.");
+    describe_counter!(
+        "db_pool_timeouts_total",
+        "Requests refused because no database connection became free in time."
+    );
+    describe_gauge!("workflow_runs", "Runs by status.");
+    describe_gauge!(
+        "workflow_queue_depth",
+        "Runs waiting to be claimed (PENDING)."
+    );
+    describe_gauge!(
+        "disk_free_bytes",
+        Unit::Bytes,
+        "Free space on the data directory's disk."
+    );
+    metrics_process::Collector::default().describe();
+}
+
+/// Sets up logs on stderr: `text` for people, `json` for collectors. `RUST_LOG` refines.
+pub fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // Ignore "already set": tests may build several servers in one process.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,48 @@
+//! Store errors. The server maps them to HTTP in one place; here they say what went wrong.
+
+use atlasia_core::TransitionError;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection became free within the pool's acquire timeout.
+    #[error("no database connection became available within {0:?}")]
+    PoolTimeout(std::time::Duration),
+    /// The asked-for row does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The run's status does not allow the action.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// A uniqueness rule refused the write (e.g. an active token with that name exists).
+    #[error("{0}")]
+    Conflict(String),
+    /// A pagination cursor that this store did not issue.
+    #[error("invalid cursor")]
+    BadCursor,
+    /// A stored value could not be read back (a hand edit outside the allowed values).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database URL or options are unusable.
+    #[error("database configuration: {0}")]
+    Config(String),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Anything else the driver reported.
+    #[error("database error: {0}")]
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => Self::PoolTimeout(std::time::Duration::ZERO),
+            sqlx::Error::RowNotFound => Self::NotFound("row"),
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+                Self::Conflict(db.message().to_owned())
+            }
+            other => Self::Db(other),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Atlasia persistence. One [`Store`] over SQLite (the embedded default) or PostgreSQL, with the
+//! same queries on both where the SQL allows it: runs and their event log, the durable run queue
+//! (claim with lease, heartbeat, reclaim), and API tokens. Migrations live per backend under
+//! `migrations/` and run at start.
+
+mod error;
+mod options;
+mod pool;
+mod queue;
+mod row;
+mod runs;
+mod tokens;
+
+pub use error::StoreError;
+pub use options::{Backend, DbOptions};
+pub use pool::{PoolStats, Store};
+pub use queue::Claim;
+pub use runs::{Cursor, Page, RunFilter};
+pub use tokens::ApiToken;

@@ -1,0 +1,195 @@
+//! The connection pool for either backend, migrations, and the pool figures that the metrics
+//! and readiness check report.
+
+use crate::{Backend, DbOptions, StoreError};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// One pool or the other. Query code is written once and expanded for both by [`on_pool!`].
+#[derive(Clone)]
+pub(crate) enum DbPool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to whichever concrete pool the store has. The body is compiled
+/// once per backend, so it must be valid SQL for both.
+macro_rules! on_pool {
+    ($store:expr, |$p:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::pool::DbPool::Sqlite($p) => $body,
+            $crate::pool::DbPool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Acquires a connection (or, with `tx`, begins a transaction) while counting the caller as a
+/// waiter, so `db_pool_connections_pending` is real; a pool timeout becomes `PoolTimeout`.
+macro_rules! acquire {
+    ($store:expr, $pool:expr) => {{
+        let _w = $store.waiting();
+        $pool.acquire().await.map_err(|e| $store.map_err(e))?
+    }};
+    ($store:expr, $pool:expr, tx) => {{
+        let _w = $store.waiting();
+        $pool.begin().await.map_err(|e| $store.map_err(e))?
+    }};
+    ($store:expr, $pool:expr, tx_with $begin:expr) => {{
+        let _w = $store.waiting();
+        $pool
+            .begin_with($begin)
+            .await
+            .map_err(|e| $store.map_err(e))?
+    }};
+}
+pub(crate) use acquire;
+
+/// The database behind Atlasia. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pool: DbPool,
+    waiting: Arc<AtomicU32>,
+    acquire_timeout: Duration,
+    max_connections: u32,
+}
+
+/// Pool occupancy at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections lent out.
+    pub active: u32,
+    /// Connections open and free.
+    pub idle: u32,
+    /// Callers waiting for a connection.
+    pub pending: u32,
+    /// The configured maximum.
+    pub max: u32,
+}
+
+/// Decrements the waiter count when the acquire finishes, however it finishes.
+pub(crate) struct Waiting(Arc<AtomicU32>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Store {
+    /// Opens the pool (creating the SQLite file and its folder when needed). Does not migrate.
+    pub async fn connect(opts: &DbOptions) -> Result<Self, StoreError> {
+        let backend = Backend::of_url(&opts.url).ok_or_else(|| {
+            StoreError::Config("database.url must start with sqlite: or postgres://".into())
+        })?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                let conn = SqliteConnectOptions::from_str(&opts.url)
+                    .map_err(|e| StoreError::Config(e.to_string()))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                if let Some(dir) = conn
+                    .get_filename()
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Config(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(opts.max_connections)
+                    .min_connections(opts.min_idle)
+                    .acquire_timeout(opts.acquire_timeout)
+                    .idle_timeout(opts.idle_timeout)
+                    .max_lifetime(opts.max_lifetime)
+                    .connect_with(conn)
+                    .await?;
+                DbPool::Sqlite(pool)
+            }
+            Backend::Postgres => {
+                let conn = PgConnectOptions::from_str(&opts.url)
+                    .map_err(|e| StoreError::Config(e.to_string()))?
+                    .application_name("atlasia");
+                let pool = PgPoolOptions::new()
+                    .max_connections(opts.max_connections)
+                    .min_connections(opts.min_idle)
+                    .acquire_timeout(opts.acquire_timeout)
+                    .idle_timeout(opts.idle_timeout)
+                    .max_lifetime(opts.max_lifetime)
+                    .connect_with(conn)
+                    .await?;
+                DbPool::Postgres(pool)
+            }
+        };
+        Ok(Self {
+            pool,
+            waiting: Arc::new(AtomicU32::new(0)),
+            acquire_timeout: opts.acquire_timeout,
+            max_connections: opts.max_connections,
+        })
+    }
+
+    /// Applies any migration not yet applied. Safe to call on every start and concurrently.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            DbPool::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+            DbPool::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Which engine this store talks to.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            DbPool::Sqlite(_) => Backend::Sqlite,
+            DbPool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A round trip to the database (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |p| {
+            let mut conn = acquire!(self, p);
+            sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        });
+        Ok(())
+    }
+
+    /// Pool occupancy now.
+    pub fn pool_stats(&self) -> PoolStats {
+        let (size, idle) = on_pool!(self, |p| (p.size(), p.num_idle()));
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        PoolStats {
+            active: size.saturating_sub(idle),
+            idle,
+            pending: self.waiting.load(Ordering::Relaxed),
+            max: self.max_connections,
+        }
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await);
+    }
+
+    pub(crate) fn waiting(&self) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self.waiting.clone())
+    }
+
+    pub(crate) fn map_err(&self, e: sqlx::Error) -> StoreError {
+        match e {
+            sqlx::Error::PoolTimedOut => StoreError::PoolTimeout(self.acquire_timeout),
+            other => other.into(),
+        }
+    }
+}

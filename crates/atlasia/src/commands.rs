@@ -1,0 +1,140 @@
+//! What each subcommand does, on top of the server library.
+
+use crate::cli::{AdminCommand, Cli, Command, ConfigCommand, TokenCommand};
+use atlasia_server::routes::admin::issue_token;
+use atlasia_server::{Application, Settings, SettingsError, StartError, shutdown_signal};
+use atlasia_store::{Store, StoreError};
+use std::io::Write;
+use tokio_util::sync::CancellationToken;
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("{0}")]
+    BadInput(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// 2 for what the user can fix by changing input or settings, 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Settings(_) | Self::BadInput(_) => 2,
+            Self::Start(StartError::Store(StoreError::Config(_))) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(f) = cli.log_format {
+        settings.server.log_format = f.into();
+    }
+    atlasia_server::telemetry::init_logs(settings.server.log_format);
+    match cli.command {
+        Command::Serve(args) => {
+            if let Some(b) = args.bind {
+                settings.server.bind = b;
+                settings.validate()?;
+            }
+            serve(settings).await
+        }
+        Command::Migrate => {
+            let store = open_store(&settings).await?;
+            store.close().await;
+            println!("migrations applied ({})", store.backend().as_str());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", settings.to_masked_toml());
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Token(cmd)) => token(settings, cmd).await,
+    }
+}
+
+async fn open_store(settings: &Settings) -> Result<Store, CliError> {
+    let store = Store::connect(&settings.db_options()).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn serve(settings: Settings) -> Result<(), CliError> {
+    let backend = atlasia_store::Backend::of_url(&settings.db_url()).map_or("?", |b| b.as_str());
+    let app = Application::build(settings).await?;
+    let addr = app.local_addr()?;
+    // The first stdout line tells scripts and tests where we listen (useful with port 0).
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on http://{addr}")?;
+    out.flush()?;
+    tracing::info!(%addr, backend, "atlasia serving");
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    app.run_until_stopped(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn token(settings: Settings, cmd: TokenCommand) -> Result<(), CliError> {
+    let store = open_store(&settings).await?;
+    let res = match cmd {
+        TokenCommand::Create { name, role } => match issue_token(&store, &name, role).await {
+            Ok((info, secret)) => {
+                println!("{secret}");
+                eprintln!(
+                    "created token '{}' (id {}, role {}); it is shown only once",
+                    info.name, info.id, info.role
+                );
+                Ok(())
+            }
+            Err(e) => Err(CliError::BadInput(e.to_string())),
+        },
+        TokenCommand::List => {
+            for t in store.list_tokens().await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                let used = t
+                    .last_used_at
+                    .map_or_else(|| "never".into(), |u| u.to_rfc3339());
+                println!(
+                    "{}\t{}\t{}\t{}\tcreated {}\tlast used {}",
+                    t.id,
+                    t.name,
+                    t.role,
+                    state,
+                    t.created_at.to_rfc3339(),
+                    used
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id_or_name } => match store.revoke_token(&id_or_name).await {
+            Ok(t) => {
+                println!("revoked token '{}' ({})", t.name, t.id);
+                Ok(())
+            }
+            Err(StoreError::NotFound(_)) => Err(CliError::BadInput(format!(
+                "no active token with id or name '{id_or_name}'"
+            ))),
+            Err(e) => Err(e.into()),
+        },
+    };
+    store.close().await;
+    res
+}
