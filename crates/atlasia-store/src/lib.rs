@@ -3,6 +3,7 @@
 //! (claim with lease, heartbeat, reclaim), and API tokens. Migrations live per backend under
 //! `migrations/` and run at start.
 
+mod diag;
 mod error;
 mod options;
 mod pool;
@@ -11,6 +12,7 @@ mod row;
 mod runs;
 mod tokens;
 
+pub use diag::Diagnostics;
 pub use error::StoreError;
 pub use options::{Backend, DbOptions};
 pub use pool::{PoolStats, Store};

@@ -45,6 +45,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate,
+    /// Diagnose an installation in one go: settings, database, queue, connections, disk, and
+    /// the running server's readiness, pool and memory. Exit 1 when a check fails.
+    Doctor(DoctorArgs),
     /// Inspect settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -59,6 +62,16 @@ pub struct ServeArgs {
     /// `server.bind`.
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Base URL of the running server to probe. Default: derived from `server.bind`.
+    #[arg(long, value_name = "URL", conflicts_with = "no_server")]
+    pub server: Option<String>,
+    /// Do not probe a running server (check only settings, database and disk).
+    #[arg(long)]
+    pub no_server: bool,
 }
 
 #[derive(Debug, Subcommand)]

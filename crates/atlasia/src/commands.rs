@@ -20,6 +20,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("at least one check failed")]
+    Unhealthy,
 }
 
 impl CliError {
@@ -54,12 +56,36 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("migrations applied ({})", store.backend().as_str());
             Ok(())
         }
+        Command::Doctor(args) => {
+            let server = if args.no_server {
+                None
+            } else {
+                args.server.or_else(|| default_server_url(&settings))
+            };
+            let findings = crate::doctor::diagnose(&settings, server.as_deref()).await;
+            match crate::doctor::print(&findings) {
+                crate::doctor::Level::Fail => Err(CliError::Unhealthy),
+                _ => Ok(()),
+            }
+        }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", settings.to_masked_toml());
             Ok(())
         }
         Command::Admin(AdminCommand::Token(cmd)) => token(settings, cmd).await,
     }
+}
+
+/// Where a local server listens according to the settings (wildcard binds probed on loopback).
+fn default_server_url(settings: &Settings) -> Option<String> {
+    let mut addr = settings.bind_addr().ok()?;
+    if addr.port() == 0 {
+        return None;
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Some(format!("http://{addr}"))
 }
 
 async fn open_store(settings: &Settings) -> Result<Store, CliError> {

@@ -3,12 +3,15 @@
 
 mod cli;
 mod commands;
+mod doctor;
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // TLS for outgoing HTTPS uses ring; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,122 @@
+//! `atlasia doctor` against real databases and a real running server: healthy installations
+//! pass, and each kind of trouble it is meant to reveal turns into a WARN or FAIL line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use atlasia_core::RunRequest;
+use common::*;
+use std::time::Duration;
+
+fn doctor(srv_db: &TestDb, args: &[&str], extra: &[(&str, &str)]) -> (i32, String) {
+    let data_dir = srv_db.dir.path().to_str().unwrap().to_owned();
+    let mut env = vec![
+        ("DB_URL", srv_db.url.as_str()),
+        ("ATLASIA_STORAGE__DATA_DIR", data_dir.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let mut full = vec!["doctor"];
+    full.extend_from_slice(args);
+    let out = cli(srv_db.dir.path(), &full, &env);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn line<'a>(report: &'a str, check: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l[6..].starts_with(check))
+        .unwrap_or_else(|| panic!("no '{check}' line in:\n{report}"))
+}
+
+async fn healthy_then_troubled(db: Db) {
+    let srv = TestServer::start(db).await;
+    srv.create_run(serde_json::json!({"repo": "acme/w", "title": "t"}))
+        .await;
+    let (code, report) = doctor(&srv.db, &["--server", &srv.base], &[]);
+    assert_eq!(code, 0, "{report}");
+    assert!(line(&report, "database").starts_with("ok"), "{report}");
+    assert!(line(&report, "queue").contains("PENDING 1"), "{report}");
+    let server = line(&report, "server");
+    assert!(
+        server.starts_with("ok") && server.contains("ready"),
+        "{report}"
+    );
+    assert!(server.contains("max 20"), "{report}");
+    if db == Db::Postgres {
+        assert!(line(&report, "connections").starts_with("ok"), "{report}");
+    }
+
+    // A worker that died: its lease expires and the doctor points at it.
+    let store = srv.db.store(2).await;
+    let claim = store
+        .claim("dead-worker", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(Duration::from_secs(5), || async {
+        let r = store.get_run(claim.run.id).await.unwrap();
+        (r.lease_expires_at.unwrap().0 < atlasia_core::Timestamp::now().0).then_some(())
+    })
+    .await;
+    let (code, report) = doctor(&srv.db, &["--no-server"], &[]);
+    assert_eq!(code, 0, "a warning is not a failure:\n{report}");
+    let queue = line(&report, "queue");
+    assert!(
+        queue.starts_with("WARN") && queue.contains("expired lease"),
+        "{report}"
+    );
+    assert!(
+        !report.lines().any(|l| l[6..].starts_with("server")),
+        "--no-server skips the probe:\n{report}"
+    );
+
+    // Disk below the floor fails, and so does the server's readiness.
+    let (code, report) = doctor(
+        &srv.db,
+        &["--server", &srv.base],
+        &[("ATLASIA_STORAGE__MIN_FREE_DISK_MB", "1000000000")],
+    );
+    assert_eq!(code, 1, "{report}");
+    assert!(line(&report, "disk").starts_with("FAIL"), "{report}");
+    store.close().await;
+}
+
+async fn unreachable_server_and_unmigrated_database(db: Db) {
+    let fresh = TestDb::new(db).await;
+    if db == Db::Sqlite {
+        // Create the file without tables, as a wrong DB_URL would.
+        fresh.sql_cli("CREATE TABLE unrelated (x INTEGER);");
+    }
+    let (code, report) = doctor(&fresh, &["--server", "http://127.0.0.1:9"], &[]);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        line(&report, "queue").contains("atlasia migrate"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "server").contains("not reachable"),
+        "{report}"
+    );
+}
+
+on_both! {
+    healthy_and_troubled => healthy_then_troubled;
+    unreachable_and_unmigrated => unreachable_server_and_unmigrated_database;
+}
+
+#[test]
+fn an_unreachable_database_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(
+        dir.path(),
+        &["doctor", "--no-server"],
+        &[("DB_URL", "postgres://nobody@127.0.0.1:9/none")],
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(line(&report, "database").starts_with("FAIL"), "{report}");
+}
