@@ -153,7 +153,14 @@ impl Application {
         {
             tracing::warn!("background tasks did not stop in time");
         }
-        self.state.store.close().await;
+        // Closing the pool waits for lent-out connections; an abandoned request may hold one
+        // for as long as the database blocks it, so this wait is bounded too.
+        if tokio::time::timeout(grace, self.state.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still in use; exiting anyway");
+        }
         Ok(())
     }
 }

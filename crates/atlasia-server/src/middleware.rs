@@ -46,7 +46,9 @@ pub async fn observe(req: Request, next: Next) -> Response {
     )
     .record(elapsed.as_secs_f64());
     span.in_scope(|| {
+        // The id is repeated as a top-level field so log collectors need not unpack spans.
         tracing::info!(
+            correlation_id = %id,
             method = %method,
             route = %route,
             status,

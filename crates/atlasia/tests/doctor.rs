@@ -5,7 +5,6 @@
 
 mod common;
 
-use atlasia_core::RunRequest;
 use common::*;
 use std::time::Duration;
 

@@ -1,0 +1,505 @@
+//! What operators watch: the Prometheus exposition (route templates, pool, queue, disk and
+//! process gauges, valid for promtool), the readiness checks and their reasons, JSON logs tied
+//! to the correlation id without secrets, and graceful shutdown on SIGTERM (in-flight requests
+//! finish, the drain deadline is honoured).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+// ---- helpers --------------------------------------------------------------------------------
+
+/// A run request the API accepts.
+fn run_body(title: &str) -> Value {
+    json!({"repo": "acme/widgets", "title": title})
+}
+
+/// `GET /api/metrics/prometheus` without a token; the text body.
+async fn scrape(srv: &TestServer) -> String {
+    let resp = srv
+        .client
+        .get(srv.url("/api/metrics/prometheus"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    resp.text().await.unwrap()
+}
+
+/// Samples of metric `name` as (label set, value), e.g. (`{route="/x",status="200"}`, 1.0).
+fn samples(body: &str, name: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name).then(|| (labels.to_owned(), value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// The value of the one sample of `name` carrying every label in `labels` (`k="v"`).
+fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    samples(body, name)
+        .into_iter()
+        .find(|(l, _)| labels.iter().all(|want| l.contains(want)))
+        .map(|(_, v)| v)
+}
+
+/// Fails unless `promtool check metrics` accepts `body`. A missing promtool fails too, unless
+/// `ATLASIA_TEST_SKIP_PROMTOOL=1`, so a CI image without it cannot pass this silently.
+fn promtool_check(body: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if std::env::var("ATLASIA_TEST_SKIP_PROMTOOL").is_ok_and(|v| v == "1") => {
+            eprintln!("skipping promtool ({e}; ATLASIA_TEST_SKIP_PROMTOOL=1)");
+            return;
+        }
+        Err(e) => panic!("promtool is required (or set ATLASIA_TEST_SKIP_PROMTOOL=1): {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `GET /api/health/ready` without a token.
+async fn ready(srv: &TestServer) -> (StatusCode, Value) {
+    let (s, v, _) = srv
+        .call(reqwest::Method::GET, "/api/health/ready", None, None)
+        .await;
+    (s, v)
+}
+
+/// The database name at the end of a PostgreSQL URL.
+fn pg_database_name(url: &str) -> &str {
+    url.rsplit_once('/').unwrap().1
+}
+
+/// Sends SIGTERM without waiting for the exit.
+fn sigterm(srv: &TestServer) {
+    let pid = srv.child.id().expect("server already exited");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Waits at most `limit` for the server to exit.
+async fn wait_exit(srv: &mut TestServer, limit: Duration) -> std::process::ExitStatus {
+    let waited = tokio::time::timeout(limit, srv.child.wait()).await;
+    match waited {
+        Ok(status) => status.unwrap(),
+        Err(_) => panic!("server still running after {limit:?}; log:\n{}", srv.log()),
+    }
+}
+
+/// Waits until the server's log contains `needle`.
+async fn log_contains(srv: &TestServer, needle: &str) {
+    eventually(Duration::from_secs(10), || async {
+        srv.log().contains(needle).then_some(())
+    })
+    .await;
+}
+
+// ---- 6. metrics -----------------------------------------------------------------------------
+
+async fn prometheus_exposition(db: Db) {
+    let srv = TestServer::start(db).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let run = srv.create_run(run_body(&format!("run {i}"))).await;
+        ids.push(run["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids[..2] {
+        let (s, v) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, _) = srv.get("/api/no/such/route", ADMIN_TOKEN).await;
+    assert_eq!(s, 404);
+
+    let body = scrape(&srv).await;
+    assert_http_histogram(&body, &ids);
+    assert_pool_and_queue(&body, 3);
+    assert_host_gauges(&body);
+    promtool_check(&body);
+}
+
+/// Latencies are labelled by route template; raw ids and unmatched paths never become labels.
+fn assert_http_histogram(body: &str, ids: &[String]) {
+    let name = "http_server_requests_seconds_bucket";
+    let by_template = sample(
+        body,
+        name,
+        &[r#"route="/api/runs/{id}""#, r#"status="200""#],
+    );
+    assert!(by_template.is_some(), "no /api/runs/{{id}} bucket:\n{body}");
+    let count = sample(
+        body,
+        "http_server_requests_seconds_count",
+        &[r#"route="/api/runs/{id}""#, r#"method="GET""#],
+    );
+    assert_eq!(count, Some(2.0), "both GETs share the template's series");
+    let unmatched = sample(body, name, &[r#"route="unmatched""#, r#"status="404""#]);
+    assert!(unmatched.is_some(), "404 not labelled unmatched:\n{body}");
+    assert!(!body.contains("/no/such/route"), "raw path became a label");
+    for id in ids {
+        assert!(!body.contains(id.as_str()), "raw id {id} in the exposition");
+    }
+}
+
+fn assert_pool_and_queue(body: &str, pending: usize) {
+    for g in ["active", "idle", "pending"] {
+        let name = format!("db_pool_connections_{g}");
+        assert!(sample(body, &name, &[]).is_some(), "{name} missing");
+    }
+    assert_eq!(sample(body, "db_pool_connections_max", &[]), Some(20.0));
+    let pending = Some(pending as f64);
+    let runs = sample(body, "workflow_runs", &[r#"status="PENDING""#]);
+    assert_eq!(runs, pending, "workflow_runs{{status=PENDING}}");
+    assert_eq!(
+        sample(body, "workflow_runs", &[r#"status="DONE""#]),
+        Some(0.0)
+    );
+    assert_eq!(sample(body, "workflow_queue_depth", &[]), pending);
+}
+
+fn assert_host_gauges(body: &str) {
+    let free = sample(body, "disk_free_bytes", &[]).expect("disk_free_bytes missing");
+    assert!(free > 0.0);
+    let rss = sample(body, "process_resident_memory_bytes", &[]).expect("rss missing");
+    assert!(rss > 0.0);
+    let fds = sample(body, "process_open_fds", &[]).expect("open fds missing");
+    assert!(fds >= 3.0);
+    let start = sample(body, "process_start_time_seconds", &[]).expect("start time missing");
+    assert!(start > 1.6e9, "start time {start} is not a Unix time");
+    assert!(sample(body, "process_cpu_seconds_total", &[]).is_some());
+}
+
+// ---- 7. readiness ---------------------------------------------------------------------------
+
+async fn readiness_checks(db: Db) {
+    let srv = TestServer::start(db).await;
+    let (s, v) = ready(&srv).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "ready");
+    for check in ["database", "disk"] {
+        assert_eq!(v["checks"][check]["ok"], true, "{v}");
+        assert!(v["checks"][check]["latency_ms"].is_number(), "{v}");
+        assert!(v["checks"][check].get("reason").is_none(), "{v}");
+    }
+}
+
+async fn readiness_disk_floor(db: Db) {
+    let env = [("ATLASIA_STORAGE__MIN_FREE_DISK_MB", "1000000000")];
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let (s, v) = ready(&srv).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["status"], "not_ready");
+    assert_eq!(v["checks"]["disk"]["ok"], false);
+    let reason = v["checks"]["disk"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("floor") && reason.contains("1000000000"),
+        "{reason}"
+    );
+    assert_eq!(v["checks"]["database"]["ok"], true, "{v}");
+    let (s, _, _) = srv
+        .call(reqwest::Method::GET, "/api/health/live", None, None)
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_a_dropped_postgres_database() {
+    if skip_postgres() {
+        return;
+    }
+    let srv = TestServer::start(Db::Postgres).await;
+    assert_eq!(ready(&srv).await.0, 200);
+    drop_database(pg_database_name(&srv.db.url)).await;
+
+    let v = eventually(Duration::from_secs(30), || async {
+        let (s, v) = ready(&srv).await;
+        (s == 503).then_some(v)
+    })
+    .await;
+    assert_eq!(v["status"], "not_ready");
+    assert_eq!(v["checks"]["database"]["ok"], false, "{v}");
+    let reason = v["checks"]["database"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!reason.is_empty(), "{v}");
+    assert_eq!(v["checks"]["disk"]["ok"], true, "{v}");
+    let (s, _, _) = srv
+        .call(reqwest::Method::GET, "/api/health/live", None, None)
+        .await;
+    assert_eq!(s, 200, "liveness must not depend on the database");
+}
+
+/// Drops `name` from outside, cutting the server's connections (`WITH (FORCE)`).
+async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    let admin = std::env::var("ATLASIA_TEST_PG_URL").unwrap();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let sql = format!("DROP DATABASE {name} WITH (FORCE)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+// ---- 8. logs --------------------------------------------------------------------------------
+
+async fn json_logs(db: Db) {
+    let env = [("ATLASIA_SERVER__LOG_FORMAT", "json")];
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let run = srv.create_run(run_body("logged")).await;
+    let id = run["id"].as_str().unwrap();
+    let resp = srv
+        .client
+        .get(srv.url(&format!("/api/runs/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("X-Correlation-ID", "corr-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-correlation-id"], "corr-123");
+    // A later request's line, once present, means every earlier line is written too.
+    send_marker(&srv, "corr-marker").await;
+
+    let lines = json_lines(&srv.log());
+    let ours: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "request" && correlation(l) == Some("corr-123"))
+        .collect();
+    assert_eq!(ours.len(), 1, "request lines for corr-123: {ours:?}");
+    let line = ours[0];
+    assert_eq!(line["route"], "/api/runs/{id}", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert!(line["latency_ms"].is_number(), "{line}");
+    assert!(
+        !srv.log().contains(ADMIN_TOKEN),
+        "the bearer token reached the log"
+    );
+}
+
+/// Sends an unauthenticated request with correlation id `marker` and waits for its log line.
+async fn send_marker(srv: &TestServer, marker: &str) {
+    srv.client
+        .get(srv.url("/api/health/live"))
+        .header("X-Correlation-ID", marker)
+        .send()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        json_lines(&srv.log())
+            .iter()
+            .any(|l| l["message"] == "request" && correlation(l) == Some(marker))
+            .then_some(())
+    })
+    .await;
+}
+
+/// Every non-empty line, parsed; panics on one that is not JSON.
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The correlation id a JSON line carries: as a field or in its current span.
+fn correlation(line: &Value) -> Option<&str> {
+    line.get("correlation_id")
+        .or_else(|| line.get("span").and_then(|s| s.get("correlation_id")))
+        .and_then(Value::as_str)
+}
+
+// ---- 9. graceful shutdown -------------------------------------------------------------------
+
+async fn sigterm_idle(db: Db) {
+    let mut srv = TestServer::start(db).await;
+    let started = std::time::Instant::now();
+    let status = srv.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}; log:\n{}", srv.log());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(srv.log().contains("SIGTERM received"), "{}", srv.log());
+}
+
+/// A write lock on `workflow_runs` held from outside the server, so a run insert blocks.
+enum WriteLock {
+    Pg(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl WriteLock {
+    async fn take(db: &TestDb) -> Self {
+        use sqlx::Connection;
+        match db.kind {
+            Db::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN; LOCK TABLE workflow_runs IN EXCLUSIVE MODE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Pg(c)
+            }
+            Db::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN EXCLUSIVE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Sqlite(c)
+            }
+        }
+    }
+
+    async fn release(self) {
+        use sqlx::Connection;
+        match self {
+            Self::Pg(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+            Self::Sqlite(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+        }
+    }
+}
+
+/// Starts `POST /api/runs` in the background; it blocks on the lock.
+fn spawn_create(srv: &TestServer) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
+    let req = srv
+        .client
+        .post(srv.url("/api/runs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&run_body("in flight"));
+    tokio::spawn(async move { req.send().await.map(|r| r.status()) })
+}
+
+/// Waits until the insert is waiting inside the server: a pool connection is lent out on
+/// several scrapes in a row (one scrape could catch a connection on its way back to the pool),
+/// and on PostgreSQL the server's backend is seen waiting for the lock.
+async fn wait_in_flight(srv: &TestServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut streak = 0;
+    while streak < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the POST never showed up as a lent-out connection"
+        );
+        let body = scrape(srv).await;
+        let active = sample(&body, "db_pool_connections_active", &[]).unwrap_or(0.0);
+        streak = if active >= 1.0 { streak + 1 } else { 0 };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if srv.db.kind == Db::Postgres {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'atlasia' \
+                   AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO workflow_runs%'";
+        eventually(Duration::from_secs(20), || async {
+            (srv.db.sql_cli(sql).trim() == "1").then_some(())
+        })
+        .await;
+    }
+}
+
+/// The server's address for a raw TCP connect.
+fn socket_addr(srv: &TestServer) -> String {
+    srv.base.trim_start_matches("http://").to_owned()
+}
+
+async fn in_flight_request_finishes(db: Db) {
+    // No minimum of idle connections: nothing but requests lends connections out.
+    let env = [("ATLASIA_DATABASE__MIN_IDLE", "0")];
+    let mut srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let lock = WriteLock::take(&srv.db).await;
+    let post = spawn_create(&srv);
+    wait_in_flight(&srv).await;
+
+    sigterm(&srv);
+    log_contains(&srv, "SIGTERM received").await;
+    assert!(
+        !post.is_finished(),
+        "the POST finished while the lock was held"
+    );
+    lock.release().await;
+
+    let status = tokio::time::timeout(Duration::from_secs(20), post)
+        .await
+        .expect("POST did not complete")
+        .unwrap()
+        .expect("POST failed during shutdown");
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let exit = wait_exit(&mut srv, Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit}; log:\n{}", srv.log());
+    let refused = tokio::net::TcpStream::connect(socket_addr(&srv)).await;
+    assert!(refused.is_err(), "still accepting connections after exit");
+    let n = srv.db.sql_cli("SELECT count(*) FROM workflow_runs");
+    assert_eq!(n.trim(), "1", "the in-flight run was not stored");
+}
+
+async fn shutdown_deadline_is_honoured(db: Db) {
+    let env = [
+        ("ATLASIA_DATABASE__MIN_IDLE", "0"),
+        ("ATLASIA_SERVER__SHUTDOWN_TIMEOUT_MS", "500"),
+    ];
+    let mut srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let lock = WriteLock::take(&srv.db).await;
+    let post = spawn_create(&srv);
+    wait_in_flight(&srv).await;
+
+    sigterm(&srv);
+    // Well under the SQLite busy timeout (10 s) and the request timeout (30 s): the server
+    // must give up on the blocked request, not wait for it to fail on its own.
+    let exit = wait_exit(&mut srv, Duration::from_secs(5)).await;
+    assert!(exit.code().is_some(), "killed by a signal: {exit}");
+    assert!(
+        srv.log().contains("did not finish in time"),
+        "no warning about the abandoned request:\n{}",
+        srv.log()
+    );
+    lock.release().await;
+    post.abort();
+}
+
+on_both! {
+    metrics => prometheus_exposition;
+    ready_ok => readiness_checks;
+    ready_disk_floor => readiness_disk_floor;
+    logs_json => json_logs;
+    shutdown_idle => sigterm_idle;
+    shutdown_in_flight => in_flight_request_finishes;
+    shutdown_deadline => shutdown_deadline_is_honoured;
+}
