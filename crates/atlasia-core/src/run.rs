@@ -177,6 +177,10 @@ impl RunRequest {
             return Err(ValidationError::new("issue_number", "must be 1 or more"));
         }
         let title = self.title.map(|t| t.trim().to_owned()).unwrap_or_default();
+        // PostgreSQL text cannot hold NUL; refuse it on both backends alike.
+        if title.contains('\0') {
+            return Err(ValidationError::new("title", "must not contain NUL"));
+        }
         if title.chars().count() > MAX_TITLE_CHARS {
             return Err(ValidationError::new(
                 "title",
@@ -194,6 +198,9 @@ impl RunRequest {
             ));
         }
         let body = self.body.unwrap_or_default();
+        if body.contains('\0') {
+            return Err(ValidationError::new("body", "must not contain NUL"));
+        }
         if body.len() > MAX_BODY_BYTES {
             return Err(ValidationError::new(
                 "body",

@@ -88,6 +88,37 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// Extractors that authenticate *and* check the role before any other extractor (the body
+/// included) runs, so a caller without the role gets 403 whatever it sent.
+macro_rules! role_extractor {
+    ($($(#[$doc:meta])* $name:ident => $role:expr;)+) => {$(
+        $(#[$doc])*
+        pub struct $name(pub Caller);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, ApiError> {
+                let caller = Caller::from_request_parts(parts, state).await?;
+                caller.require($role)?;
+                Ok(Self(caller))
+            }
+        }
+    )+};
+}
+
+role_extractor! {
+    /// A caller with at least the viewer role.
+    AsViewer => Role::Viewer;
+    /// A caller with at least the operator role.
+    AsOperator => Role::Operator;
+    /// An admin.
+    AsAdmin => Role::Admin;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

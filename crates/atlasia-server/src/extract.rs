@@ -45,7 +45,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 /// Deserializes `bytes`, telling syntax errors (400) from shape errors (422 with the path).
+/// Every request body of this API is an object; serde would otherwise accept a struct written
+/// as a positional array, which no client means.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::Invalid {
+            field: "body".into(),
+            message: "must be a JSON object".into(),
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -111,6 +119,8 @@ mod tests {
         assert!(matches!(e, Some(ApiError::Invalid { ref field, .. }) if field == "priority"));
         let e = parse_json::<RunRequest>(br#"{"title":"x"}"#).err();
         assert!(matches!(e, Some(ApiError::Invalid { ref field, .. }) if field == "repo"));
+        let e = parse_json::<RunRequest>(br#"["a/b", null, "t", null, null, null, null]"#).err();
+        assert!(matches!(e, Some(ApiError::Invalid { ref field, .. }) if field == "body"));
         let e = parse_json::<RunRequest>(br#"{"repo": "#).err();
         assert!(matches!(e, Some(ApiError::BadRequest(_))));
     }

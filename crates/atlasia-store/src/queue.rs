@@ -147,7 +147,9 @@ impl Store {
         if run.status != RunStatus::Running || run.lease_owner.as_deref() != Some(owner) {
             return Ok(None);
         }
-        self.transition(id, RunStatus::Running, to, reason, json!({"owner": owner}))
+        // The lease may be reclaimed between the read above and this update: guard on it there.
+        let extra = json!({"owner": owner});
+        self.transition_held(id, RunStatus::Running, to, reason, extra, Some(owner))
             .await
     }
 }

@@ -68,14 +68,15 @@ macro_rules! insert_event {
 }
 pub(crate) use insert_event;
 
-/// The guarded status update: only if the run still has `from`; clears the lease when the run
-/// leaves RUNNING and stamps `finished_at` on terminal statuses.
+/// The guarded status update: only if the run still has `from` (and, when `$5` names a lease
+/// holder, only while that worker still holds the lease); clears the lease when the run leaves
+/// RUNNING and stamps `finished_at` on terminal statuses.
 const UPDATE_STATUS: &str = "UPDATE workflow_runs SET status = $1, updated_at = $2, \
     last_event_seq = last_event_seq + 1, \
     lease_owner = CASE WHEN $1 = 'RUNNING' THEN lease_owner ELSE NULL END, \
     lease_expires_at = CASE WHEN $1 = 'RUNNING' THEN lease_expires_at ELSE NULL END, \
     finished_at = CASE WHEN $1 IN ('DONE','FAILED','CANCELLED') THEN $2 ELSE finished_at END \
-    WHERE id = $3 AND status = $4 RETURNING *";
+    WHERE id = $3 AND status = $4 AND ($5 IS NULL OR lease_owner = $5) RETURNING *";
 
 impl Store {
     /// Stores a new PENDING run and its `run_created` event.
@@ -193,6 +194,21 @@ impl Store {
         reason: &str,
         extra: serde_json::Value,
     ) -> Result<Option<Run>, StoreError> {
+        self.transition_held(id, from, to, reason, extra, None)
+            .await
+    }
+
+    /// [`Store::transition`]; with `holder`, also only while that worker holds the lease,
+    /// checked in the same statement so a lease reclaimed meanwhile is not overridden.
+    pub(crate) async fn transition_held(
+        &self,
+        id: RunId,
+        from: RunStatus,
+        to: RunStatus,
+        reason: &str,
+        extra: serde_json::Value,
+        holder: Option<&str>,
+    ) -> Result<Option<Run>, StoreError> {
         let now = Timestamp::now().0;
         let id_text = id.to_string();
         let row: Option<RunRow> = on_pool!(self, |p| {
@@ -202,6 +218,7 @@ impl Store {
                 .bind(now)
                 .bind(&id_text)
                 .bind(from.as_str())
+                .bind(holder)
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(r) = &row {

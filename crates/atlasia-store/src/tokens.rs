@@ -42,6 +42,13 @@ impl TryFrom<TokenRow> for ApiToken {
     }
 }
 
+/// Which column identifies the token to revoke.
+#[derive(Clone, Copy)]
+enum TokenKey {
+    Id,
+    Name,
+}
+
 const COLUMNS: &str = "SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_tokens";
 
 impl Store {
@@ -124,21 +131,38 @@ impl Store {
         rows.into_iter().map(ApiToken::try_from).collect()
     }
 
-    /// Revokes the active token with this id or name.
+    /// Revokes the active token with this id, or else the active token with this name (an id
+    /// match wins, so a token named like another's id cannot take both down).
     pub async fn revoke_token(&self, id_or_name: &str) -> Result<ApiToken, StoreError> {
+        for column in [TokenKey::Id, TokenKey::Name] {
+            if let Some(t) = self.revoke_where(column, id_or_name).await? {
+                return Ok(t);
+            }
+        }
+        Err(StoreError::NotFound("token"))
+    }
+
+    async fn revoke_where(
+        &self,
+        key: TokenKey,
+        value: &str,
+    ) -> Result<Option<ApiToken>, StoreError> {
         let now = Timestamp::now().0;
         let row: Option<TokenRow> = on_pool!(self, |p| {
             let mut conn = acquire!(self, p);
-            sqlx::query_as(
-                "UPDATE api_tokens SET revoked_at = $1 \
-                 WHERE (id = $2 OR name = $2) AND revoked_at IS NULL \
-                 RETURNING id, name, role, created_at, last_used_at, revoked_at",
-            )
-            .bind(now)
-            .bind(id_or_name)
-            .fetch_optional(&mut *conn)
-            .await?
+            let mut q = sqlx::QueryBuilder::new("UPDATE api_tokens SET revoked_at = ");
+            q.push_bind(now)
+                .push(match key {
+                    TokenKey::Id => " WHERE id = ",
+                    TokenKey::Name => " WHERE name = ",
+                })
+                .push_bind(value)
+                .push(
+                    " AND revoked_at IS NULL \
+                     RETURNING id, name, role, created_at, last_used_at, revoked_at",
+                );
+            q.build_query_as().fetch_optional(&mut *conn).await?
         });
-        row.ok_or(StoreError::NotFound("token"))?.try_into()
+        row.map(ApiToken::try_from).transpose()
     }
 }

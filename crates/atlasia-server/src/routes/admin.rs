@@ -1,7 +1,7 @@
 //! `/api/admin`: bulk pause/resume by priority (the runbook's workload shedding, with events)
 //! and API token management. Admin role only.
 
-use crate::auth::{Caller, generate_token, hash_token};
+use crate::auth::{AsAdmin, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -34,10 +34,9 @@ fn check_bulk(b: &Bulk) -> Result<(), ApiError> {
 /// `POST /api/admin/runs/pause`: PENDING runs below the priority become PAUSED.
 pub async fn pause_runs(
     State(st): State<AppState>,
-    caller: Caller,
+    AsAdmin(caller): AsAdmin,
     ApiJson(b): ApiJson<Bulk>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Admin)?;
     check_bulk(&b)?;
     let reason = format!(
         "bulk pause below priority {} by {}",
@@ -59,10 +58,9 @@ pub async fn pause_runs(
 /// `POST /api/admin/runs/resume`: PAUSED runs below the priority go back to PENDING.
 pub async fn resume_runs(
     State(st): State<AppState>,
-    caller: Caller,
+    AsAdmin(caller): AsAdmin,
     ApiJson(b): ApiJson<Bulk>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Admin)?;
     check_bulk(&b)?;
     let reason = format!(
         "bulk resume below priority {} by {}",
@@ -130,31 +128,29 @@ pub async fn issue_token(
 /// `POST /api/admin/tokens` → 201 with the token.
 pub async fn create_token(
     State(st): State<AppState>,
-    caller: Caller,
+    AsAdmin(caller): AsAdmin,
     ApiJson(b): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    caller.require(Role::Admin)?;
     let (info, token) = issue_token(&st.store, &b.name, b.role).await?;
     tracing::info!(token_name = %info.name, role = %info.role, by = %caller.name, "token created");
     Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
 }
 
 /// `GET /api/admin/tokens`: every token without secrets.
-pub async fn list_tokens(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Admin)?;
+pub async fn list_tokens(State(st): State<AppState>, _: AsAdmin) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"items": st.store.list_tokens().await?})))
 }
 
 /// `DELETE /api/admin/tokens/{id_or_name}`.
 pub async fn revoke_token(
     State(st): State<AppState>,
-    caller: Caller,
+    AsAdmin(caller): AsAdmin,
     Path(id): Path<String>,
 ) -> Result<Json<ApiToken>, ApiError> {
-    caller.require(Role::Admin)?;
+    // No token id or name contains NUL, and PostgreSQL cannot compare with it.
+    if id.contains('\0') {
+        return Err(ApiError::NotFound("token".into()));
+    }
     let t = st.store.revoke_token(&id).await?;
     tracing::info!(token_name = %t.name, by = %caller.name, "token revoked");
     Ok(Json(t))

@@ -1,10 +1,10 @@
 //! `/api/runs`: create, list (keyset pagination), read, pause/resume/cancel, events.
 
-use crate::auth::Caller;
+use crate::auth::{AsOperator, AsViewer, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
-use atlasia_core::{Role, Run, RunAction, RunEvent, RunId, RunRequest, RunStatus};
+use atlasia_core::{Run, RunAction, RunEvent, RunId, RunRequest, RunStatus};
 use atlasia_store::{Cursor, RunFilter};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -22,10 +22,9 @@ pub fn run_id(raw: &str) -> Result<RunId, ApiError> {
 /// `POST /api/runs` → 202 with the stored run.
 pub async fn create(
     State(st): State<AppState>,
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    caller.require(Role::Operator)?;
     let new = req.validate()?;
     let run = st.store.create_run(&new).await?;
     tracing::info!(run_id = %run.id, by = %caller.name, "run created");
@@ -52,10 +51,9 @@ pub struct RunPage {
 /// `GET /api/runs`: newest first, `limit` 1–200 (default 50), `cursor` from the last page.
 pub async fn list(
     State(st): State<AppState>,
-    caller: Caller,
+    _: AsViewer,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<RunPage>, ApiError> {
-    caller.require(Role::Viewer)?;
     let status = q
         .status
         .map(|s| s.parse::<RunStatus>())
@@ -69,6 +67,13 @@ pub async fn list(
         return Err(ApiError::Invalid {
             field: "limit".into(),
             message: "must be between 1 and 200".into(),
+        });
+    }
+    // No stored repo contains NUL (create refuses it), and PostgreSQL cannot compare with it.
+    if q.repo.as_deref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::Invalid {
+            field: "repo".into(),
+            message: "must not contain NUL".into(),
         });
     }
     let cursor = q.cursor.as_deref().map(Cursor::decode).transpose()?;
@@ -86,10 +91,9 @@ pub async fn list(
 /// `GET /api/runs/{id}`.
 pub async fn get(
     State(st): State<AppState>,
-    caller: Caller,
+    _: AsViewer,
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
-    caller.require(Role::Viewer)?;
     Ok(Json(st.store.get_run(run_id(&id)?).await?))
 }
 
@@ -99,7 +103,6 @@ async fn act(
     id: &str,
     action: RunAction,
 ) -> Result<Json<Run>, ApiError> {
-    caller.require(Role::Operator)?;
     let reason = format!("{action} by {}", caller.name);
     let run = st.store.apply_action(run_id(id)?, action, &reason).await?;
     tracing::info!(run_id = %run.id, status = %run.status, by = %caller.name, "run {action}");
@@ -109,7 +112,7 @@ async fn act(
 /// `POST /api/runs/{id}/pause`: 409 with the current status when not pausable.
 pub async fn pause(
     State(st): State<AppState>,
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
     act(st, caller, &id, RunAction::Pause).await
@@ -118,7 +121,7 @@ pub async fn pause(
 /// `POST /api/runs/{id}/resume`.
 pub async fn resume(
     State(st): State<AppState>,
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
     act(st, caller, &id, RunAction::Resume).await
@@ -127,7 +130,7 @@ pub async fn resume(
 /// `POST /api/runs/{id}/cancel`.
 pub async fn cancel(
     State(st): State<AppState>,
-    caller: Caller,
+    AsOperator(caller): AsOperator,
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
     act(st, caller, &id, RunAction::Cancel).await
@@ -151,11 +154,10 @@ pub struct EventPage {
 /// `GET /api/runs/{id}/events?after=N`: events with seq > N in order (at most `limit`, ≤ 1000).
 pub async fn events(
     State(st): State<AppState>,
-    caller: Caller,
+    _: AsViewer,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
-    caller.require(Role::Viewer)?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::Invalid {
@@ -163,10 +165,14 @@ pub async fn events(
             message: "must be 0 or more".into(),
         });
     }
-    let items = st
-        .store
-        .events(run_id(&id)?, after, q.limit.unwrap_or(500))
-        .await?;
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Invalid {
+            field: "limit".into(),
+            message: "must be between 1 and 1000".into(),
+        });
+    }
+    let items = st.store.events(run_id(&id)?, after, limit).await?;
     let next_after = items.last().map_or(after, |e| e.seq);
     Ok(Json(EventPage { items, next_after }))
 }
