@@ -54,6 +54,10 @@ pub(crate) use acquire;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: DbPool,
+    /// SQLite only: writers queue here, first come first served. SQLite admits one writer at a
+    /// time and lets the others sleep and retry, which is unfair (a writer can starve) and
+    /// slow under contention; a FIFO lock in the process removes both. `None` on PostgreSQL.
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
     waiting: Arc<AtomicU32>,
     acquire_timeout: Duration,
     max_connections: u32,
@@ -130,8 +134,11 @@ impl Store {
                 DbPool::Postgres(pool)
             }
         };
+        let writer =
+            matches!(pool, DbPool::Sqlite(_)).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Self {
             pool,
+            writer,
             waiting: Arc::new(AtomicU32::new(0)),
             acquire_timeout: opts.acquire_timeout,
             max_connections: opts.max_connections,
@@ -179,6 +186,21 @@ impl Store {
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await);
+    }
+
+    /// Waits for this process's turn to write (SQLite only), counted as a pool waiter and
+    /// bounded by the acquire timeout like a connection. Hold the guard until the commit.
+    pub(crate) async fn write_permit(
+        &self,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, StoreError> {
+        let Some(lock) = &self.writer else {
+            return Ok(None);
+        };
+        let _w = self.waiting();
+        tokio::time::timeout(self.acquire_timeout, lock.clone().lock_owned())
+            .await
+            .map(Some)
+            .map_err(|_| StoreError::PoolTimeout(self.acquire_timeout))
     }
 
     pub(crate) fn waiting(&self) -> Waiting {

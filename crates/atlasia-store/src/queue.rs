@@ -93,6 +93,7 @@ impl Store {
                 c
             }
             DbPool::Sqlite(p) => {
+                let _permit = self.write_permit().await?;
                 let mut tx = acquire!(self, p, tx_with "BEGIN IMMEDIATE");
                 let c = claim_in!(tx, owner, lease, EXPIRED_SQLITE, NEXT_SQLITE);
                 tx.commit().await?;
@@ -119,6 +120,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = Timestamp::now().0;
         let done = crate::pool::on_pool!(self, |p| {
+            let _permit = self.write_permit().await?;
             let mut conn = acquire!(self, p);
             sqlx::query(
                 "UPDATE workflow_runs SET lease_expires_at = $1 \

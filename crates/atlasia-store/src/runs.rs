@@ -84,6 +84,7 @@ impl Store {
         let id = RunId::new().to_string();
         let now = Timestamp::now().0;
         let row: RunRow = on_pool!(self, |p| {
+            let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
             let row: RunRow = sqlx::query_as(
                 "INSERT INTO workflow_runs (id, repo, issue_number, title, body, status, priority, \
@@ -212,6 +213,7 @@ impl Store {
         let now = Timestamp::now().0;
         let id_text = id.to_string();
         let row: Option<RunRow> = on_pool!(self, |p| {
+            let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
             let row: Option<RunRow> = sqlx::query_as(UPDATE_STATUS)
                 .bind(to.as_str())
@@ -252,6 +254,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let now = Timestamp::now().0;
         let count = on_pool!(self, |p| {
+            let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
             let moved: Vec<(String, i64)> = sqlx::query_as(
                 "UPDATE workflow_runs SET status = $1, updated_at = $2, \

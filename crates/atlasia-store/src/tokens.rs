@@ -62,6 +62,7 @@ impl Store {
         let id = uuid::Uuid::now_v7().to_string();
         let now = Timestamp::now().0;
         let res = on_pool!(self, |p| {
+            let _permit = self.write_permit().await?;
             let mut conn = acquire!(self, p);
             sqlx::query(
                 "INSERT INTO api_tokens (id, name, role, token_hash, created_at) \
@@ -149,6 +150,7 @@ impl Store {
     ) -> Result<Option<ApiToken>, StoreError> {
         let now = Timestamp::now().0;
         let row: Option<TokenRow> = on_pool!(self, |p| {
+            let _permit = self.write_permit().await?;
             let mut conn = acquire!(self, p);
             let mut q = sqlx::QueryBuilder::new("UPDATE api_tokens SET revoked_at = ");
             q.push_bind(now)
