@@ -202,10 +202,6 @@ async fn pool_exhaustion(db: Db) {
         assert_eq!(v["checks"]["database"]["ok"], json!(false), "{v}");
     } else {
         assert_eq!(s, StatusCode::OK, "{v}");
-        assert!(
-            v["checks"]["database"]["detail"]["pool"]["pending"].as_u64() > Some(0),
-            "{v}"
-        );
     }
 
     // At most MAX_CONNECTIONS requests can be inside the database; every other one must give
