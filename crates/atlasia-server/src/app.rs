@@ -4,10 +4,12 @@
 
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
+use crate::ledger::StoreRecorder;
 use crate::middleware::{observe, tag_route};
-use crate::routes::{admin, health, metrics, runs};
+use crate::routes::{admin, health, metrics, openai, runs};
 use crate::settings::Settings;
 use crate::state::AppState;
+use atlasia_llm::Gateway;
 use atlasia_store::{Store, StoreError};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -64,14 +66,25 @@ pub fn router(state: AppState) -> Router {
             ApiError::NotFound(format!("route {} {}", req.method(), req.uri().path()))
         });
     let timeout = Duration::from_millis(state.settings.server.request_timeout_ms);
+    // LLM calls and streams outlive the API's request timeout and carry whole prompts: the
+    // proxy has its own body limit and relies on the gateway's per-attempt timeouts.
+    let proxy = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route_layer(from_fn(tag_route))
+        .layer(DefaultBodyLimit::max(PROXY_BODY_LIMIT));
     api.layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(from_fn_with_state(timeout, deadline))
+        .merge(proxy)
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
         .layer(from_fn(observe))
         .with_state(state)
 }
+
+/// Largest body the OpenAI-compatible proxy accepts (prompts with code are large).
+const PROXY_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Answers 503 `request_timeout` instead of letting a request hang past the limit.
 async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
@@ -89,6 +102,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     tracker: TaskTracker,
+    /// Stops background tasks once the listener has drained.
+    background: CancellationToken,
 }
 
 impl Application {
@@ -106,15 +121,25 @@ impl Application {
                 addr: addr.to_string(),
                 source,
             })?;
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        let recorder = StoreRecorder::spawn(store.clone(), &tracker, background.clone());
+        let gateway = Gateway::new(&settings.llm, settings.agents.clone(), Arc::new(recorder))
+            .map_err(|e| StartError::Setup(format!("LLM gateway: {e}")))?;
+        if !gateway.is_configured() {
+            tracing::info!("no LLM configured: /v1 answers 503 until [llm] or LLM_ENDPOINT is set");
+        }
         let state = AppState {
             store,
             settings: Arc::new(settings),
             metrics,
+            gateway: Arc::new(gateway),
         };
         Ok(Self {
             listener,
             state,
-            tracker: TaskTracker::new(),
+            tracker,
+            background,
         })
     }
 
@@ -146,6 +171,7 @@ impl Application {
                 tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time; exiting anyway");
             }
         }
+        self.background.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await

@@ -2,11 +2,13 @@
 //! original system's variable names (`DB_URL`, `ORCHESTRATOR_TOKEN`) keep working beside
 //! `ATLASIA_<SECTION>__<KEY>`. Validation happens once, at start, and names the key at fault.
 
+use atlasia_llm::config::{AgentSettings, EndpointSettings, LlmSettings, ModelSettings};
 use atlasia_store::{Backend, DbOptions};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +21,10 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub storage: StorageSettings,
     pub auth: AuthSettings,
+    /// The LLM gateway (`[llm]`; the original `LLM_*` variables fill it too).
+    pub llm: LlmSettings,
+    /// Per-agent settings (`[agents.<name>]`), e.g. `llm_model`.
+    pub agents: BTreeMap<String, AgentSettings>,
 }
 
 /// The HTTP listener and logs.
@@ -201,9 +207,56 @@ impl Settings {
                     .only(&["ORCHESTRATOR_TOKEN"])
                     .map(|_| "auth.orchestrator_token".into()),
             );
-        let settings: Settings = fig.extract().map_err(from_figment)?;
+        let mut settings: Settings = fig.extract().map_err(from_figment)?;
+        settings.apply_legacy_llm_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The original system's LLM variables: `LLM_ENDPOINT` (+ `LLM_API_KEY`) serves
+    /// `LLM_MODEL`, then `LLM_FALLBACK_ENDPOINT` (+ `LLM_FALLBACK_API_KEY`, else `LLM_API_KEY`).
+    /// They add (or replace) that model's endpoint list and make it the default model.
+    pub fn apply_legacy_llm_env(
+        &mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), SettingsError> {
+        let Some(primary) = var("LLM_ENDPOINT") else {
+            if var("LLM_FALLBACK_ENDPOINT").is_some() {
+                return Err(SettingsError::new(
+                    "LLM_FALLBACK_ENDPOINT",
+                    "is set without LLM_ENDPOINT",
+                ));
+            }
+            if let Some(model) = var("LLM_MODEL") {
+                self.llm.default_model = Some(model);
+            }
+            return Ok(());
+        };
+        let model = var("LLM_MODEL").ok_or_else(|| {
+            SettingsError::new("LLM_MODEL", "is required when LLM_ENDPOINT is set")
+        })?;
+        let key = var("LLM_API_KEY").map(SecretString::from);
+        let endpoint = |name: &str, url: String, key: Option<SecretString>| EndpointSettings {
+            name: Some(name.to_owned()),
+            wire: None,
+            base_url: url,
+            api_key: key,
+            model: Some(model.clone()),
+            timeout_ms: 120_000,
+            rate_limit: None,
+        };
+        let mut endpoints = vec![endpoint("primary", primary, key.clone())];
+        if let Some(fallback) = var("LLM_FALLBACK_ENDPOINT") {
+            let fkey = var("LLM_FALLBACK_API_KEY").map(SecretString::from).or(key);
+            endpoints.push(endpoint("fallback", fallback, fkey));
+        }
+        self.llm.models.retain(|m| m.name != model);
+        self.llm.models.push(ModelSettings {
+            name: model.clone(),
+            endpoints,
+        });
+        self.llm.default_model = Some(model);
+        Ok(())
     }
 
     /// Checks what types alone cannot.
@@ -238,6 +291,9 @@ impl Settings {
                 return Err(SettingsError::new(key, "must be greater than 0"));
             }
         }
+        self.llm
+            .validate()
+            .map_err(|(key, reason)| SettingsError { key, reason })?;
         if Backend::of_url(&self.db_url()).is_none() {
             return Err(SettingsError::new(
                 "database.url",
@@ -331,6 +387,29 @@ mod tests {
             (20, 5, 30_000)
         );
         assert_eq!(s.db_url(), "sqlite://./data/atlasia.db");
+    }
+
+    #[test]
+    fn original_llm_variables_build_primary_then_fallback() {
+        let env = |k: &str| match k {
+            "LLM_ENDPOINT" => Some("https://api.openai.com/v1".to_owned()),
+            "LLM_API_KEY" => Some("sk-primary".to_owned()),
+            "LLM_MODEL" => Some("gpt-4o".to_owned()),
+            "LLM_FALLBACK_ENDPOINT" => Some("https://api.deepseek.com".to_owned()),
+            _ => None,
+        };
+        let mut s = Settings::default();
+        assert_eq!(s.apply_legacy_llm_env(env), Ok(()));
+        assert_eq!(s.llm.default_model.as_deref(), Some("gpt-4o"));
+        let eps = &s.llm.models[0].endpoints;
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[1].base_url, "https://api.deepseek.com");
+        // The fallback reuses the primary key when it has none of its own.
+        assert!(eps[1].api_key.is_some());
+        assert!(!s.to_masked_toml().contains("sk-primary"));
+        let mut s = Settings::default();
+        let missing = s.apply_legacy_llm_env(|k| (k == "LLM_ENDPOINT").then(|| "http://x".into()));
+        assert_eq!(missing.map_err(|e| e.key), Err("LLM_MODEL".to_owned()));
     }
 
     #[test]

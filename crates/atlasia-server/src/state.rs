@@ -1,6 +1,7 @@
 //! The one application state every handler receives. Cheap to clone.
 
 use crate::settings::Settings;
+use atlasia_llm::Gateway;
 use atlasia_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
@@ -12,4 +13,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Renders the Prometheus text format.
     pub metrics: PrometheusHandle,
+    /// The LLM gateway (the proxy and, later, the engine call through it).
+    pub gateway: Arc<Gateway>,
 }

@@ -14,6 +14,16 @@ const HTTP_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Provider latency buckets (seconds): LLM calls take from tens of milliseconds to minutes.
+const LLM_BUCKETS: &[f64] = &[
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Cost of a bolt, USD.
+const COST_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
+];
+
 /// Installs the global metrics recorder once per process and returns its handle.
 pub fn metrics_handle() -> Result<PrometheusHandle, String> {
     if let Some(h) = HANDLE.get() {
@@ -24,6 +34,13 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
             Matcher::Full("http_server_requests_seconds".into()),
             HTTP_BUCKETS,
         )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full("llm_api_duration_seconds".into()),
+            LLM_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full("llm_cost_per_bolt".into()), COST_BUCKETS)
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
@@ -67,6 +84,11 @@ fn describe() {
         Unit::Bytes,
         "Free space on the data directory's disk."
     );
+    describe_counter!(
+        "llm_call_records_failed_total",
+        "LLM call records that could not be written to llm_calls."
+    );
+    atlasia_llm::metrics::describe();
     metrics_process::Collector::default().describe();
 }
 

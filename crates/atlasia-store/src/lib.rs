@@ -5,6 +5,7 @@
 
 mod diag;
 mod error;
+mod llm_calls;
 mod options;
 mod pool;
 mod queue;
@@ -14,6 +15,7 @@ mod tokens;
 
 pub use diag::Diagnostics;
 pub use error::StoreError;
+pub use llm_calls::{LlmCallRow, LlmTotals};
 pub use options::{Backend, DbOptions};
 pub use pool::{PoolStats, Store};
 pub use queue::Claim;

@@ -54,6 +54,9 @@ pub enum Command {
     /// Administration: API tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Run sim-llm: a local, deterministic fake of the OpenAI and Anthropic APIs with fault
+    /// injection, for tests, benchmarks and the offline demo. Stops on SIGINT/SIGTERM.
+    SimLlm(SimLlmArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,4 +112,51 @@ pub enum TokenCommand {
 
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
+}
+
+#[derive(Debug, Args)]
+pub struct SimLlmArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8089")]
+    pub bind: String,
+    /// Require this API key: `Authorization: Bearer KEY` on the OpenAI route, `x-api-key: KEY`
+    /// (and an `anthropic-version` header) on the Anthropic route.
+    #[arg(
+        long,
+        env = "SIM_LLM_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// Seed of the failure draws and the latency jitter (same seed, same run).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Fault for every model request without an `X-Sim-Fault` header: 429, 500, 502, 503,
+    /// 529, auth, stall, malformed, cut=<n>, latency=<ms>, comma-separated.
+    #[arg(long, value_name = "SPEC")]
+    pub fault: Option<atlasia_sim::FaultSpec>,
+    /// Share of model requests (0..1) that fail with --fail-status.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Status of the --fail-rate and --fail-first failures.
+    #[arg(long, value_name = "CODE", default_value_t = 503)]
+    pub fail_status: u16,
+    /// The first N model requests fail with --fail-status, later ones succeed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fail_first: u64,
+    /// Delay before every answer, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Extra delay of 0..=MS milliseconds per request, drawn from the seed.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency_jitter_ms: u64,
+    /// Model requests allowed per minute; beyond that, 429 with Retry-After to the window end.
+    #[arg(long, value_name = "N")]
+    pub rate_limit_rpm: Option<u32>,
+    /// Retry-After of injected 429s, in seconds (a request's X-Sim-Retry-After wins).
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    pub retry_after_secs: u64,
+    /// The longest a stall holds a request, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub stall_max_secs: u64,
 }

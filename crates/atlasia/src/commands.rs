@@ -73,6 +73,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Admin(AdminCommand::Token(cmd)) => token(settings, cmd).await,
+        Command::SimLlm(args) => sim_llm(args).await,
     }
 }
 
@@ -163,4 +164,42 @@ async fn token(settings: Settings, cmd: TokenCommand) -> Result<(), CliError> {
     };
     store.close().await;
     res
+}
+
+/// Runs sim-llm until SIGINT/SIGTERM. Like `serve`, the first stdout line says where it listens.
+async fn sim_llm(args: crate::cli::SimLlmArgs) -> Result<(), CliError> {
+    use std::time::Duration;
+    let cfg = atlasia_sim::SimConfig {
+        api_key: args.api_key,
+        seed: args.seed,
+        fault: args.fault,
+        fail_rate: args.fail_rate,
+        fail_status: args.fail_status,
+        fail_first: args.fail_first,
+        latency: Duration::from_millis(args.latency_ms),
+        latency_jitter: Duration::from_millis(args.latency_jitter_ms),
+        rate_limit_rpm: args.rate_limit_rpm,
+        retry_after: Duration::from_secs(args.retry_after_secs),
+        stall_max: Duration::from_secs(args.stall_max_secs),
+    };
+    cfg.validate()
+        .map_err(|e| CliError::BadInput(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(&args.bind)
+        .await
+        .map_err(|e| CliError::BadInput(format!("cannot listen on {}: {e}", args.bind)))?;
+    let addr = listener.local_addr()?;
+    // The banner goes first, so whoever reads the address has already been told what this is.
+    eprintln!("{}", atlasia_sim::BANNER);
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on http://{addr}")?;
+    out.flush()?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    atlasia_sim::serve(cfg, listener, shutdown).await?;
+    tracing::info!("sim-llm stopped");
+    Ok(())
 }

@@ -29,6 +29,7 @@ pub async fn prometheus(State(st): State<AppState>) -> impl IntoResponse {
     if let Ok(free) = free_bytes(&st.settings.storage.data_dir) {
         metrics::gauge!("disk_free_bytes").set(free as f64);
     }
+    st.gateway.refresh_gauges();
     metrics_process::Collector::default().collect();
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

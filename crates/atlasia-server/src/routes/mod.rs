@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod health;
 pub mod metrics;
+pub mod openai;
 pub mod runs;

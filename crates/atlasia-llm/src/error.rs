@@ -1,0 +1,155 @@
+//! Gateway errors. Retry and fallback decisions live on the error (`is_retryable`,
+//! `tries_next_endpoint`); the metric label (`error_type`) and the HTTP status the proxy
+//! answers with are derived here too, so every caller classifies alike.
+
+use std::time::Duration;
+
+/// What kind of failure, in the runbook's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 429 (or a local limiter timeout).
+    RateLimit,
+    /// The call took too long (connect, first byte, or total).
+    Timeout,
+    /// 500, 502, 503, 504, 529.
+    ServerError,
+    /// 401, 403.
+    Auth,
+    /// 400, 404, 422: the request itself is wrong.
+    BadRequest,
+    /// The prompt does not fit the model's context.
+    ContextLength,
+    /// Connect, reset, DNS: the request may never have arrived.
+    Network,
+    /// The endpoint's circuit breaker is open.
+    CircuitOpen,
+    /// A budget cap refused the call.
+    Budget,
+    /// The provider answered something that is not its documented format.
+    Malformed,
+    /// A stream broke after some of it was delivered.
+    StreamCut,
+}
+
+impl ErrorKind {
+    /// The `error_type` label of `llm_api_errors_total` (runbook names).
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Self::RateLimit => "RATE_LIMIT",
+            Self::Timeout => "TIMEOUT",
+            Self::ServerError | Self::Malformed | Self::StreamCut => "SERVER_ERROR",
+            Self::Auth => "AUTH",
+            Self::BadRequest | Self::ContextLength => "BAD_REQUEST",
+            Self::Network => "NETWORK",
+            Self::CircuitOpen => "CIRCUIT_OPEN",
+            Self::Budget => "BUDGET",
+        }
+    }
+}
+
+/// One failure, with what the provider told us about when to come back.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind:?}{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+pub struct LlmError {
+    pub kind: ErrorKind,
+    /// Human-readable cause (never contains credentials).
+    pub message: String,
+    /// The upstream HTTP status, when there was one.
+    pub status: Option<u16>,
+    /// How long the provider asked us to wait.
+    pub retry_after: Option<Duration>,
+}
+
+impl LlmError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    /// Classifies an upstream HTTP status.
+    pub fn from_status(
+        status: u16,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let message = message.into();
+        let kind = match status {
+            429 => ErrorKind::RateLimit,
+            500 | 502 | 503 | 504 | 529 => ErrorKind::ServerError,
+            401 | 403 => ErrorKind::Auth,
+            408 => ErrorKind::Timeout,
+            400 | 413 if mentions_context_length(&message) => ErrorKind::ContextLength,
+            s if s >= 500 => ErrorKind::ServerError,
+            _ => ErrorKind::BadRequest,
+        };
+        Self {
+            kind,
+            message,
+            status: Some(status),
+            retry_after,
+        }
+    }
+
+    /// Worth trying again on the same endpoint after a backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::RateLimit | ErrorKind::Timeout | ErrorKind::ServerError | ErrorKind::Network
+        )
+    }
+
+    /// Worth trying the next endpoint of the model: anything the endpoint (not the request)
+    /// is to blame for. A bad request or a budget refusal would fail everywhere.
+    pub fn tries_next_endpoint(&self) -> bool {
+        !matches!(
+            self.kind,
+            ErrorKind::BadRequest | ErrorKind::ContextLength | ErrorKind::Budget
+        )
+    }
+
+    /// The status the OpenAI-compatible proxy answers with.
+    pub fn http_status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::RateLimit => 429,
+            ErrorKind::Timeout => 504,
+            ErrorKind::ServerError | ErrorKind::Malformed | ErrorKind::StreamCut => 502,
+            ErrorKind::Network | ErrorKind::CircuitOpen => 503,
+            ErrorKind::Auth => 502,
+            ErrorKind::BadRequest | ErrorKind::ContextLength => 400,
+            ErrorKind::Budget => 402,
+        }
+    }
+}
+
+fn mentions_context_length(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("context_length")
+        || m.contains("context length")
+        || m.contains("too many tokens")
+        || m.contains("prompt is too long")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_classify_as_the_runbook_names_them() {
+        let t = |s: u16| LlmError::from_status(s, "x", None).kind.error_type();
+        assert_eq!(t(429), "RATE_LIMIT");
+        for s in [500, 502, 503, 504, 529] {
+            assert_eq!(t(s), "SERVER_ERROR");
+            assert!(LlmError::from_status(s, "x", None).is_retryable());
+        }
+        assert_eq!(t(401), "AUTH");
+        assert_eq!(t(404), "BAD_REQUEST");
+        let ctx = LlmError::from_status(400, "This model's maximum context length is 8192", None);
+        assert_eq!(ctx.kind, ErrorKind::ContextLength);
+        assert!(!ctx.is_retryable() && !ctx.tries_next_endpoint());
+        assert!(!LlmError::from_status(400, "bad", None).is_retryable());
+    }
+}

@@ -1,0 +1,739 @@
+//! The call path: route (agent → model, cheaper past the soft budget) → cache → budget
+//! reservation → for each endpoint of the model in order: breaker → rate limiter → provider
+//! call → classify → retry transient failures with backoff → next endpoint. When every endpoint
+//! fails, the error lists each one's cause. Streams get the same guarantees: a stream that fails
+//! before its first event fails over; one that breaks later ends with an error event.
+
+use crate::backoff::RetryPolicy;
+use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::budget::{BudgetConfig, BudgetError, BudgetLevel, Budgets, Reservation};
+use crate::cache::{CacheConfig, ResponseCache};
+use crate::config::{AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting};
+use crate::limiter::{LimiterConfig, RateLimiter};
+use crate::pricing::{Price, PriceTable, estimate_tokens};
+use crate::provider::{Endpoint, ProviderClient, Wire};
+use crate::record::{CallRecord, CallRecorder};
+use crate::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent, Usage, metrics};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Output tokens assumed for the budget reservation when a request sets no `max_tokens`.
+const DEFAULT_MAX_OUTPUT: u64 = 4096;
+
+/// Who is calling and how much it matters.
+#[derive(Debug, Clone, Default)]
+pub struct CallMeta {
+    /// The agent (`developer`, `review`, … or a proxy client's `X-Atlasia-Agent`).
+    pub agent: String,
+    /// The bolt the call belongs to, for budgets and records.
+    pub run_id: Option<String>,
+    /// 0–10, higher first in the rate limiter.
+    pub priority: u8,
+    /// The bolt's own cap, when it has one (overrides the per-bolt default).
+    pub run_budget_usd: Option<f64>,
+    /// Cache even when the request is not deterministic by itself.
+    pub cache_opt_in: bool,
+}
+
+/// Why a call produced no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(
+        "no LLM is configured (set LLM_ENDPOINT and LLM_MODEL, or [llm.models] in atlasia.toml)"
+    )]
+    NotConfigured,
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    #[error("{0}")]
+    Budget(#[from] BudgetError),
+    /// The request itself is wrong; other endpoints would refuse it too.
+    #[error("{endpoint} refused the request: {error}")]
+    Rejected { endpoint: String, error: LlmError },
+    #[error("all {} endpoint(s) of model '{model}' failed: {}", causes.len(), list(causes))]
+    AllFailed {
+        model: String,
+        causes: Vec<(String, LlmError)>,
+    },
+}
+
+fn list(causes: &[(String, LlmError)]) -> String {
+    causes
+        .iter()
+        .map(|(ep, e)| format!("{ep}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl GatewayError {
+    /// The runbook error type.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::NotConfigured | Self::UnknownModel(_) => "BAD_REQUEST",
+            Self::Budget(_) => "BUDGET",
+            Self::Rejected { error, .. } => error.kind.error_type(),
+            Self::AllFailed { causes, .. } => causes
+                .last()
+                .map_or("SERVER_ERROR", |(_, e)| e.kind.error_type()),
+        }
+    }
+
+    /// The status the proxy answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::NotConfigured => 503,
+            Self::UnknownModel(_) => 404,
+            Self::Budget(_) => 402,
+            Self::Rejected { error, .. } => error.http_status(),
+            Self::AllFailed { causes, .. } => {
+                // Rate limited everywhere is a 429 the client can back off from; anything else
+                // is the upstreams' failure.
+                if causes.iter().all(|(_, e)| e.kind == ErrorKind::RateLimit) {
+                    429
+                } else {
+                    502
+                }
+            }
+        }
+    }
+}
+
+/// One endpoint with its own limiter and breaker.
+struct EndpointState {
+    ep: Endpoint,
+    limiter: RateLimiter,
+    breaker: CircuitBreaker,
+}
+
+/// How one endpoint's attempts ended.
+enum Outcome<T> {
+    Answer(T),
+    /// Try the next endpoint.
+    Next(LlmError),
+    /// Stop: the request is at fault.
+    Fatal(LlmError),
+}
+
+/// The gateway. Cheap to share (`Arc`).
+pub struct Gateway {
+    client: ProviderClient,
+    models: HashMap<String, Vec<Arc<EndpointState>>>,
+    endpoints: Vec<Arc<EndpointState>>,
+    agents: BTreeMap<String, AgentSettings>,
+    default_model: Option<String>,
+    cheap_model: Option<String>,
+    retry: RetryPolicy,
+    cache: Option<ResponseCache>,
+    budgets: Budgets,
+    prices: PriceTable,
+    recorder: Arc<dyn CallRecorder>,
+}
+
+fn limiter_config(r: &RateLimitSettings) -> LimiterConfig {
+    LimiterConfig {
+        limit_for_period: r.limit_for_period,
+        limit_refresh_period: Duration::from_millis(r.limit_refresh_period_ms),
+        tokens_per_minute: r.tokens_per_minute,
+        timeout_duration: Duration::from_millis(r.timeout_duration_ms),
+    }
+}
+
+/// The host of a URL, for default endpoint names.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+impl Gateway {
+    /// Builds the gateway from settings. Endpoints with the same name share their limiter and
+    /// breaker (they are the same upstream). Fails only when the HTTP client cannot be built.
+    pub fn new(
+        s: &LlmSettings,
+        agents: BTreeMap<String, AgentSettings>,
+        recorder: Arc<dyn CallRecorder>,
+    ) -> Result<Self, LlmError> {
+        let mut by_name: HashMap<String, Arc<EndpointState>> = HashMap::new();
+        let mut endpoints = Vec::new();
+        let mut models = HashMap::new();
+        for m in &s.models {
+            let mut list = Vec::new();
+            for e in &m.endpoints {
+                let name = e.name.clone().unwrap_or_else(|| host_of(&e.base_url));
+                let state = by_name.entry(name.clone()).or_insert_with(|| {
+                    let wire = match e.wire.unwrap_or_else(|| {
+                        if e.base_url.contains("anthropic") {
+                            WireSetting::Anthropic
+                        } else {
+                            WireSetting::Openai
+                        }
+                    }) {
+                        WireSetting::Openai => Wire::OpenAi,
+                        WireSetting::Anthropic => Wire::Anthropic,
+                    };
+                    let st = Arc::new(EndpointState {
+                        ep: Endpoint {
+                            name: name.clone(),
+                            wire,
+                            base_url: e.base_url.clone(),
+                            api_key: e.api_key.clone(),
+                            model: e.model.clone().unwrap_or_else(|| m.name.clone()),
+                            timeout: Duration::from_millis(e.timeout_ms),
+                        },
+                        limiter: RateLimiter::new(limiter_config(
+                            e.rate_limit.as_ref().unwrap_or(&s.rate_limit),
+                        )),
+                        breaker: CircuitBreaker::new(BreakerConfig {
+                            window: s.breaker.window,
+                            min_calls: s.breaker.min_calls,
+                            failure_rate: s.breaker.failure_rate,
+                            open_for: Duration::from_millis(s.breaker.open_for_ms),
+                            half_open_probes: s.breaker.half_open_probes,
+                        }),
+                    });
+                    endpoints.push(st.clone());
+                    st
+                });
+                list.push(state.clone());
+            }
+            models.insert(m.name.clone(), list);
+        }
+        let mut prices = PriceTable::with_defaults();
+        for (model, p) in &s.prices {
+            prices.set(
+                model,
+                Price {
+                    input_per_mtok: p.input_per_mtok,
+                    output_per_mtok: p.output_per_mtok,
+                },
+            );
+        }
+        let cache = s.cache.enabled.then(|| {
+            ResponseCache::new(CacheConfig {
+                max_entries: s.cache.max_entries,
+                ttl: Duration::from_secs(s.cache.ttl_secs),
+                max_bytes: s.cache.max_bytes,
+            })
+        });
+        Ok(Self {
+            client: ProviderClient::new()?,
+            models,
+            endpoints,
+            agents,
+            default_model: s.default_model.clone(),
+            cheap_model: s.cheap_model.clone(),
+            retry: RetryPolicy {
+                attempts: s.retry.attempts,
+                base: Duration::from_millis(s.retry.base_ms),
+                cap: Duration::from_millis(s.retry.cap_ms),
+            },
+            cache,
+            budgets: Budgets::new(BudgetConfig {
+                per_bolt_usd: s.budget.per_bolt_usd,
+                per_day_usd: s.budget.per_day_usd,
+                soft_ratio: s.budget.soft_ratio,
+            }),
+            prices,
+            recorder,
+        })
+    }
+
+    /// The logical model names clients may ask for.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut v: Vec<_> = self.models.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// True when at least one model is configured.
+    pub fn is_configured(&self) -> bool {
+        !self.models.is_empty()
+    }
+
+    /// The budgets (spent so far; seeding after a restart).
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// Refreshes the limiter and breaker gauges (at scrape time).
+    pub fn refresh_gauges(&self) {
+        for st in &self.endpoints {
+            let p = st.ep.name.clone();
+            ::metrics::gauge!("llm_ratelimiter_waiting", "provider" => p.clone())
+                .set(st.limiter.waiting() as f64);
+            ::metrics::gauge!("llm_circuit_state", "provider" => p)
+                .set(st.breaker.state().as_gauge());
+        }
+    }
+
+    /// Which model serves this call: the one asked for when known; else the agent's own, else
+    /// the class default (reviewer-class agents get the cheap model); past the soft budget
+    /// threshold, the agent's cheaper model.
+    pub fn route(&self, meta: &CallMeta, requested: &str) -> Result<String, GatewayError> {
+        if self.models.is_empty() {
+            return Err(GatewayError::NotConfigured);
+        }
+        let agent = self.agents.get(&meta.agent);
+        let mut model = if !requested.is_empty() {
+            requested.to_owned()
+        } else if let Some(m) = agent.and_then(|a| a.llm_model.clone()) {
+            m
+        } else if REVIEWER_CLASS.contains(&meta.agent.as_str()) && self.cheap_model.is_some() {
+            self.cheap_model.clone().unwrap_or_default()
+        } else {
+            self.default_model
+                .clone()
+                .or_else(|| self.model_names().into_iter().next())
+                .unwrap_or_default()
+        };
+        let soft = self
+            .budgets
+            .level(meta.run_id.as_deref(), meta.run_budget_usd)
+            == BudgetLevel::Soft;
+        if soft
+            && let Some(cheaper) = agent
+                .and_then(|a| a.cheaper_model.clone())
+                .or_else(|| self.cheap_model.clone())
+                .filter(|c| self.models.contains_key(c))
+        {
+            tracing::info!(agent = %meta.agent, from = %model, to = %cheaper, "soft budget reached; using the cheaper model");
+            model = cheaper;
+        }
+        if !self.models.contains_key(&model) {
+            return Err(GatewayError::UnknownModel(model));
+        }
+        Ok(model)
+    }
+
+    fn reserve(
+        &self,
+        meta: &CallMeta,
+        route: &[Arc<EndpointState>],
+        req: &ChatRequest,
+    ) -> Result<(Reservation, u64), GatewayError> {
+        let est_in = estimate_tokens(req);
+        let max_out = req.max_tokens.map_or(DEFAULT_MAX_OUTPUT, u64::from);
+        // Reserve the worst case over the endpoints that might answer.
+        let amount = route
+            .iter()
+            .map(|st| self.prices.max_cost(&st.ep.model, est_in, max_out))
+            .fold(0.0, f64::max);
+        match self
+            .budgets
+            .reserve(meta.run_id.as_deref(), meta.run_budget_usd, amount)
+        {
+            Ok(r) => Ok((r, est_in)),
+            Err(e) => {
+                metrics::error("-", "BUDGET");
+                Err(GatewayError::Budget(e))
+            }
+        }
+    }
+
+    async fn record(&self, rec: CallRecord) {
+        self.recorder.record(rec).await;
+    }
+
+    /// A complete (non-streaming) call.
+    pub async fn chat(
+        &self,
+        meta: &CallMeta,
+        mut req: ChatRequest,
+    ) -> Result<ChatResponse, GatewayError> {
+        let model = self.route(meta, &req.model)?;
+        req.model = model.clone();
+        let key = ResponseCache::key(&req);
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|_| ResponseCache::cacheable(&req, meta.cache_opt_in));
+        if let Some(hit) = match cache {
+            Some(c) => c.get(&key).await,
+            None => None,
+        } {
+            metrics::answered(&meta.agent, "cache", &hit.model, 0.0);
+            self.record(CallRecord {
+                run_id: meta.run_id.clone(),
+                agent: meta.agent.clone(),
+                provider: "cache".into(),
+                model: hit.model.clone(),
+                tokens_in: hit.usage.input_tokens,
+                tokens_out: hit.usage.output_tokens,
+                cost_usd: 0.0,
+                latency_ms: 0,
+                outcome: "ok".into(),
+                cached: true,
+                request_key: Some(key),
+                response: None,
+            })
+            .await;
+            return Ok(hit);
+        }
+        let route = self.models.get(&model).cloned().unwrap_or_default();
+        let (reservation, est_in) = self.reserve(meta, &route, &req)?;
+        let mut causes = Vec::new();
+        for st in &route {
+            match self.try_endpoint(st, meta, &req, est_in, &key).await {
+                Outcome::Answer((resp, cost)) => {
+                    reservation.settle(cost);
+                    if let Some(c) = cache {
+                        c.insert(key, resp.clone()).await;
+                    }
+                    return Ok(resp);
+                }
+                Outcome::Fatal(error) => {
+                    return Err(GatewayError::Rejected {
+                        endpoint: st.ep.name.clone(),
+                        error,
+                    });
+                }
+                Outcome::Next(e) => causes.push((st.ep.name.clone(), e)),
+            }
+        }
+        Err(GatewayError::AllFailed { model, causes })
+    }
+
+    /// Admission to one endpoint: breaker, then limiter. `Err` means skip to the next endpoint.
+    async fn admit(
+        &self,
+        st: &EndpointState,
+        meta: &CallMeta,
+        est_in: u64,
+    ) -> Result<crate::breaker::Permit, LlmError> {
+        let permit = st.breaker.try_acquire().map_err(|open| {
+            LlmError::new(
+                ErrorKind::CircuitOpen,
+                format!(
+                    "circuit open; next probe in {} ms",
+                    open.retry_in.as_millis()
+                ),
+            )
+        })?;
+        st.limiter
+            .acquire(meta.priority, est_in)
+            .await
+            .map_err(|e| LlmError::new(ErrorKind::RateLimit, format!("local rate limiter: {e}")))?;
+        Ok(permit)
+    }
+
+    /// After a failed attempt: whether and how long to wait before the next attempt here.
+    async fn after_failure(&self, e: &LlmError, attempt: u32) -> bool {
+        if !e.is_retryable() || attempt + 1 >= self.retry.attempts {
+            return false;
+        }
+        // The RNG is not Send: compute the delay before awaiting.
+        let delay = self.retry.delay(attempt, e.retry_after, &mut rand::rng());
+        match delay {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn failure_record(
+        &self,
+        st: &EndpointState,
+        meta: &CallMeta,
+        e: &LlmError,
+        took: Duration,
+        key: &str,
+    ) -> CallRecord {
+        CallRecord {
+            run_id: meta.run_id.clone(),
+            agent: meta.agent.clone(),
+            provider: st.ep.name.clone(),
+            model: st.ep.model.clone(),
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            outcome: e.kind.error_type().into(),
+            cached: false,
+            request_key: Some(key.to_owned()),
+            response: None,
+        }
+    }
+
+    /// Notes a failed attempt everywhere it must be noted.
+    async fn note_failure(
+        &self,
+        st: &EndpointState,
+        meta: &CallMeta,
+        e: &LlmError,
+        took: Duration,
+        key: &str,
+    ) {
+        metrics::error(&st.ep.name, e.kind.error_type());
+        metrics::attempt(
+            &st.ep.name,
+            &st.ep.model,
+            &meta.agent,
+            e.kind.error_type(),
+            took,
+            None,
+        );
+        tracing::warn!(endpoint = %st.ep.name, model = %st.ep.model, agent = %meta.agent, error = %e, "LLM attempt failed");
+        self.record(self.failure_record(st, meta, e, took, key))
+            .await;
+    }
+
+    async fn try_endpoint(
+        &self,
+        st: &EndpointState,
+        meta: &CallMeta,
+        req: &ChatRequest,
+        est_in: u64,
+        key: &str,
+    ) -> Outcome<(ChatResponse, f64)> {
+        let mut attempt = 0;
+        loop {
+            let permit = match self.admit(st, meta, est_in).await {
+                Ok(p) => p,
+                Err(e) => {
+                    metrics::error(&st.ep.name, e.kind.error_type());
+                    return Outcome::Next(e);
+                }
+            };
+            let started = Instant::now();
+            let res = self.client.chat(&st.ep, req).await;
+            let took = started.elapsed();
+            match res {
+                Ok((resp, hints)) => {
+                    st.limiter.observe(&hints);
+                    permit.success();
+                    let cost = self.prices.cost(&st.ep.model, resp.usage);
+                    metrics::attempt(
+                        &st.ep.name,
+                        &st.ep.model,
+                        &meta.agent,
+                        "ok",
+                        took,
+                        Some(resp.usage),
+                    );
+                    metrics::answered(&meta.agent, &st.ep.name, &st.ep.model, cost);
+                    self.record(CallRecord {
+                        run_id: meta.run_id.clone(),
+                        agent: meta.agent.clone(),
+                        provider: st.ep.name.clone(),
+                        model: resp.model.clone(),
+                        tokens_in: resp.usage.input_tokens,
+                        tokens_out: resp.usage.output_tokens,
+                        cost_usd: cost,
+                        latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                        outcome: "ok".into(),
+                        cached: false,
+                        request_key: Some(key.to_owned()),
+                        response: serde_json::to_value(&resp).ok(),
+                    })
+                    .await;
+                    return Outcome::Answer((resp, cost));
+                }
+                Err((e, hints)) => {
+                    st.limiter.observe(&hints);
+                    self.note_failure(st, meta, &e, took, key).await;
+                    if !e.tries_next_endpoint() {
+                        // The request's fault, not the endpoint's: no breaker verdict.
+                        drop(permit);
+                        return Outcome::Fatal(e);
+                    }
+                    permit.failure();
+                    if !self.after_failure(&e, attempt).await {
+                        return Outcome::Next(e);
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// A streamed call. Fails over like `chat` until the first event arrives; after that the
+    /// stream is committed to its endpoint and a break ends it with an `Err` item.
+    pub async fn chat_stream(
+        &self,
+        meta: &CallMeta,
+        mut req: ChatRequest,
+    ) -> Result<BoxStream<'static, Result<StreamEvent, LlmError>>, GatewayError> {
+        let model = self.route(meta, &req.model)?;
+        req.model = model.clone();
+        let key = ResponseCache::key(&req);
+        let route = self.models.get(&model).cloned().unwrap_or_default();
+        let (reservation, est_in) = self.reserve(meta, &route, &req)?;
+        let mut causes = Vec::new();
+        for st in &route {
+            let mut attempt = 0;
+            let cause = loop {
+                let permit = match self.admit(st, meta, est_in).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        metrics::error(&st.ep.name, e.kind.error_type());
+                        break e;
+                    }
+                };
+                let started = Instant::now();
+                let first = match self.client.chat_stream(&st.ep, &req).await {
+                    Ok((mut stream, hints)) => {
+                        st.limiter.observe(&hints);
+                        match stream.next().await {
+                            Some(Ok(ev)) => Ok((ev, stream)),
+                            Some(Err(e)) => Err(e),
+                            None => Err(LlmError::new(
+                                ErrorKind::StreamCut,
+                                "stream ended before its first event",
+                            )),
+                        }
+                    }
+                    Err((e, hints)) => {
+                        st.limiter.observe(&hints);
+                        Err(e)
+                    }
+                };
+                match first {
+                    Ok((ev, rest)) => {
+                        return Ok(self.forward(
+                            st.clone(),
+                            meta.clone(),
+                            key,
+                            started,
+                            permit,
+                            reservation,
+                            ev,
+                            rest,
+                        ));
+                    }
+                    Err(e) => {
+                        self.note_failure(st, meta, &e, started.elapsed(), &key)
+                            .await;
+                        if !e.tries_next_endpoint() {
+                            drop(permit);
+                            return Err(GatewayError::Rejected {
+                                endpoint: st.ep.name.clone(),
+                                error: e,
+                            });
+                        }
+                        permit.failure();
+                        if !self.after_failure(&e, attempt).await {
+                            break e;
+                        }
+                        attempt += 1;
+                    }
+                }
+            };
+            causes.push((st.ep.name.clone(), cause));
+        }
+        Err(GatewayError::AllFailed { model, causes })
+    }
+
+    /// Relays a committed stream through a bounded channel (a slow reader slows the upstream
+    /// read instead of growing memory) and settles cost, breaker and records when it ends.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        st: Arc<EndpointState>,
+        meta: CallMeta,
+        key: String,
+        started: Instant,
+        permit: crate::breaker::Permit,
+        reservation: Reservation,
+        first: StreamEvent,
+        mut rest: BoxStream<'static, Result<StreamEvent, LlmError>>,
+    ) -> BoxStream<'static, Result<StreamEvent, LlmError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<StreamEvent, LlmError>>(32);
+        let recorder = self.recorder.clone();
+        let prices_cost = {
+            let model = st.ep.model.clone();
+            let table = self.prices.clone();
+            move |u: Usage| table.cost(&model, u)
+        };
+        tokio::spawn(async move {
+            let mut usage: Option<Usage> = None;
+            let mut out_chars = 0_u64;
+            let mut outcome: Result<(), LlmError> =
+                Err(LlmError::new(ErrorKind::StreamCut, "client went away"));
+            let mut next: Option<Result<StreamEvent, LlmError>> = Some(Ok(first));
+            while let Some(item) = next.take() {
+                let end = match &item {
+                    Ok(StreamEvent::Done { usage: u, .. }) => {
+                        usage = *u;
+                        outcome = Ok(());
+                        true
+                    }
+                    Ok(StreamEvent::Text { text }) => {
+                        out_chars += text.len() as u64;
+                        false
+                    }
+                    Ok(StreamEvent::ToolCallDelta { arguments, .. }) => {
+                        out_chars += arguments.len() as u64;
+                        false
+                    }
+                    Err(e) => {
+                        outcome = Err(e.clone());
+                        true
+                    }
+                };
+                if tx.send(item).await.is_err() || end {
+                    break;
+                }
+                next = match rest.next().await {
+                    Some(i) => Some(i),
+                    None => Some(Err(LlmError::new(
+                        ErrorKind::StreamCut,
+                        "stream ended without its final event",
+                    ))),
+                };
+            }
+            let took = started.elapsed();
+            let usage = usage.unwrap_or(Usage {
+                input_tokens: 0,
+                output_tokens: out_chars.div_ceil(4),
+            });
+            let cost = prices_cost(usage);
+            reservation.settle(cost);
+            let outcome_label = match &outcome {
+                Ok(()) => {
+                    permit.success();
+                    "ok"
+                }
+                Err(e) => {
+                    if e.kind != ErrorKind::StreamCut || !tx.is_closed() {
+                        permit.failure();
+                    }
+                    metrics::error(&st.ep.name, e.kind.error_type());
+                    e.kind.error_type()
+                }
+            };
+            metrics::attempt(
+                &st.ep.name,
+                &st.ep.model,
+                &meta.agent,
+                outcome_label,
+                took,
+                Some(usage),
+            );
+            if outcome.is_ok() {
+                metrics::answered(&meta.agent, &st.ep.name, &st.ep.model, cost);
+            }
+            recorder
+                .record(CallRecord {
+                    run_id: meta.run_id.clone(),
+                    agent: meta.agent.clone(),
+                    provider: st.ep.name.clone(),
+                    model: st.ep.model.clone(),
+                    tokens_in: usage.input_tokens,
+                    tokens_out: usage.output_tokens,
+                    cost_usd: cost,
+                    latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    outcome: outcome_label.into(),
+                    cached: false,
+                    request_key: Some(key),
+                    response: None,
+                })
+                .await;
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) })
+            .boxed()
+    }
+}
