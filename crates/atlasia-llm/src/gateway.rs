@@ -737,3 +737,133 @@ impl Gateway {
             .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::NoRecorder;
+    use crate::config::{EndpointSettings, ModelSettings};
+
+    fn settings(models: &[&str]) -> LlmSettings {
+        LlmSettings {
+            default_model: Some("big".into()),
+            cheap_model: Some("small".into()),
+            models: models
+                .iter()
+                .map(|m| ModelSettings {
+                    name: (*m).to_owned(),
+                    endpoints: vec![EndpointSettings {
+                        name: Some(format!("ep-{m}")),
+                        wire: None,
+                        base_url: "http://127.0.0.1:9".into(),
+                        api_key: None,
+                        model: None,
+                        timeout_ms: 1_000,
+                        rate_limit: None,
+                    }],
+                })
+                .collect(),
+            ..LlmSettings::default()
+        }
+    }
+
+    fn meta(agent: &str) -> CallMeta {
+        CallMeta {
+            agent: agent.into(),
+            ..CallMeta::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn agents_route_by_setting_then_class() {
+        let mut agents = BTreeMap::new();
+        agents.insert(
+            "architect".to_owned(),
+            AgentSettings {
+                llm_model: Some("special".into()),
+                cheaper_model: None,
+            },
+        );
+        let g = Gateway::new(
+            &settings(&["big", "small", "special"]),
+            agents,
+            Arc::new(NoRecorder),
+        )
+        .unwrap();
+        assert_eq!(g.route(&meta("developer"), "").unwrap(), "big");
+        assert_eq!(
+            g.route(&meta("review"), "").unwrap(),
+            "small",
+            "reviewer class"
+        );
+        assert_eq!(g.route(&meta("judge"), "").unwrap(), "small");
+        assert_eq!(g.route(&meta("architect"), "").unwrap(), "special");
+        assert_eq!(
+            g.route(&meta("developer"), "small").unwrap(),
+            "small",
+            "asked for"
+        );
+        assert!(matches!(
+            g.route(&meta("developer"), "nope"),
+            Err(GatewayError::UnknownModel(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn soft_budget_switches_to_the_cheaper_model_and_the_cap_refuses() {
+        let mut s = settings(&["big", "small"]);
+        s.budget.per_bolt_usd = Some(1.0);
+        let g = Gateway::new(&s, BTreeMap::new(), Arc::new(NoRecorder)).unwrap();
+        let m = CallMeta {
+            run_id: Some("run-1".into()),
+            ..meta("developer")
+        };
+        assert_eq!(g.route(&m, "").unwrap(), "big");
+        g.budgets()
+            .reserve(Some("run-1"), None, 0.85)
+            .unwrap()
+            .settle(0.85);
+        assert_eq!(g.route(&m, "").unwrap(), "small", "past 80 % of the cap");
+        let req = ChatRequest {
+            messages: vec![crate::Message::text(crate::Role::User, "x".repeat(4000))],
+            max_tokens: Some(100_000),
+            ..ChatRequest::default()
+        };
+        // The reservation for this call's worst case no longer fits under the cap.
+        let mut priced = settings(&["big", "small"]);
+        priced.budget.per_bolt_usd = Some(1.0);
+        priced.prices.insert(
+            "small".into(),
+            crate::config::PriceSettings {
+                input_per_mtok: 100.0,
+                output_per_mtok: 100.0,
+            },
+        );
+        let g2 = Gateway::new(&priced, BTreeMap::new(), Arc::new(NoRecorder)).unwrap();
+        g2.budgets()
+            .reserve(Some("run-1"), None, 0.85)
+            .unwrap()
+            .settle(0.85);
+        let err = g2.chat(&m, req).await.unwrap_err();
+        assert!(matches!(err, GatewayError::Budget(_)), "{err}");
+        assert_eq!(err.http_status(), 402);
+    }
+
+    #[tokio::test]
+    async fn nothing_configured_says_so() {
+        let g = Gateway::new(
+            &LlmSettings::default(),
+            BTreeMap::new(),
+            Arc::new(NoRecorder),
+        )
+        .unwrap();
+        let err = g
+            .chat(&meta("developer"), ChatRequest::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::NotConfigured));
+        assert_eq!(err.http_status(), 503);
+    }
+}

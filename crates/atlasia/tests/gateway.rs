@@ -173,6 +173,12 @@ async fn storm_falls_back_then_reports_every_cause(db: Db) {
         3.0,
         "{m}"
     );
+    // One ledger row per provider attempt: three failures, then the answer.
+    let store = srv.db.store(2).await;
+    eventually(Duration::from_secs(10), || async {
+        (store.llm_totals(None).await.unwrap().calls == 4).then_some(())
+    })
+    .await;
 
     // Both down: one error naming both endpoints, in OpenAI's error format.
     let storm2 = Sim::start(&["--fail-first", "1000", "--fail-status", "502"]).await;
@@ -436,10 +442,7 @@ async fn stream(srv: &TestServer, text: &str) -> (u16, Vec<String>) {
         .unwrap();
     let status = resp.status().as_u16();
     // A cut upstream may end the body abruptly; what arrived is what counts.
-    let text = match resp.text().await {
-        Ok(t) => t,
-        Err(_) => String::new(),
-    };
+    let text = resp.text().await.unwrap_or_default();
     (status, sse_data(&text))
 }
 

@@ -94,6 +94,8 @@ impl ProviderClient {
     /// Fails when the TLS verifier finds no CA certificates on the system — a setup error
     /// worth stopping for, not a panic.
     pub fn new() -> Result<Self, LlmError> {
+        // TLS uses ring (no aws-lc build); installing the process default twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("atlasia/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::custom(same_host_redirects))
