@@ -101,6 +101,34 @@ impl GatewayError {
     }
 }
 
+/// A ledger record of one attempt by `meta`'s caller; the usage and outcome are the caller's.
+#[expect(clippy::too_many_arguments, reason = "one flat row of the ledger")]
+fn attempt_record(
+    meta: &CallMeta,
+    provider: &str,
+    model: &str,
+    usage: Usage,
+    cost_usd: f64,
+    took: Duration,
+    outcome: &str,
+    key: &str,
+) -> CallRecord {
+    CallRecord {
+        run_id: meta.run_id.clone(),
+        agent: meta.agent.clone(),
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        tokens_in: usage.input_tokens,
+        tokens_out: usage.output_tokens,
+        cost_usd,
+        latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        outcome: outcome.to_owned(),
+        cached: false,
+        request_key: Some(key.to_owned()),
+        response: None,
+    }
+}
+
 /// One endpoint with its own limiter and breaker.
 struct EndpointState {
     ep: Endpoint,
@@ -355,18 +383,17 @@ impl Gateway {
         } {
             metrics::answered(&meta.agent, "cache", &hit.model, 0.0);
             self.record(CallRecord {
-                run_id: meta.run_id.clone(),
-                agent: meta.agent.clone(),
-                provider: "cache".into(),
-                model: hit.model.clone(),
-                tokens_in: hit.usage.input_tokens,
-                tokens_out: hit.usage.output_tokens,
-                cost_usd: 0.0,
-                latency_ms: 0,
-                outcome: "ok".into(),
                 cached: true,
-                request_key: Some(key),
-                response: None,
+                ..attempt_record(
+                    meta,
+                    "cache",
+                    &hit.model,
+                    hit.usage,
+                    0.0,
+                    Duration::ZERO,
+                    "ok",
+                    &key,
+                )
             })
             .await;
             return Ok(hit);
@@ -434,30 +461,6 @@ impl Gateway {
         }
     }
 
-    fn failure_record(
-        &self,
-        st: &EndpointState,
-        meta: &CallMeta,
-        e: &LlmError,
-        took: Duration,
-        key: &str,
-    ) -> CallRecord {
-        CallRecord {
-            run_id: meta.run_id.clone(),
-            agent: meta.agent.clone(),
-            provider: st.ep.name.clone(),
-            model: st.ep.model.clone(),
-            tokens_in: 0,
-            tokens_out: 0,
-            cost_usd: 0.0,
-            latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-            outcome: e.kind.error_type().into(),
-            cached: false,
-            request_key: Some(key.to_owned()),
-            response: None,
-        }
-    }
-
     /// Notes a failed attempt everywhere it must be noted.
     async fn note_failure(
         &self,
@@ -477,8 +480,17 @@ impl Gateway {
             None,
         );
         tracing::warn!(endpoint = %st.ep.name, model = %st.ep.model, agent = %meta.agent, error = %e, "LLM attempt failed");
-        self.record(self.failure_record(st, meta, e, took, key))
-            .await;
+        self.record(attempt_record(
+            meta,
+            &st.ep.name,
+            &st.ep.model,
+            Usage::default(),
+            0.0,
+            took,
+            e.kind.error_type(),
+            key,
+        ))
+        .await;
     }
 
     async fn try_endpoint(
@@ -516,18 +528,17 @@ impl Gateway {
                     );
                     metrics::answered(&meta.agent, &st.ep.name, &st.ep.model, cost);
                     self.record(CallRecord {
-                        run_id: meta.run_id.clone(),
-                        agent: meta.agent.clone(),
-                        provider: st.ep.name.clone(),
-                        model: resp.model.clone(),
-                        tokens_in: resp.usage.input_tokens,
-                        tokens_out: resp.usage.output_tokens,
-                        cost_usd: cost,
-                        latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-                        outcome: "ok".into(),
-                        cached: false,
-                        request_key: Some(key.to_owned()),
                         response: serde_json::to_value(&resp).ok(),
+                        ..attempt_record(
+                            meta,
+                            &st.ep.name,
+                            &resp.model,
+                            resp.usage,
+                            cost,
+                            took,
+                            "ok",
+                            key,
+                        )
                     })
                     .await;
                     return Outcome::Answer((resp, cost));
@@ -629,7 +640,10 @@ impl Gateway {
 
     /// Relays a committed stream through a bounded channel (a slow reader slows the upstream
     /// read instead of growing memory) and settles cost, breaker and records when it ends.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "everything the relay task owns once the stream is committed"
+    )]
     fn forward(
         &self,
         st: Arc<EndpointState>,
@@ -717,20 +731,16 @@ impl Gateway {
                 metrics::answered(&meta.agent, &st.ep.name, &st.ep.model, cost);
             }
             recorder
-                .record(CallRecord {
-                    run_id: meta.run_id.clone(),
-                    agent: meta.agent.clone(),
-                    provider: st.ep.name.clone(),
-                    model: st.ep.model.clone(),
-                    tokens_in: usage.input_tokens,
-                    tokens_out: usage.output_tokens,
-                    cost_usd: cost,
-                    latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-                    outcome: outcome_label.into(),
-                    cached: false,
-                    request_key: Some(key),
-                    response: None,
-                })
+                .record(attempt_record(
+                    &meta,
+                    &st.ep.name,
+                    &st.ep.model,
+                    usage,
+                    cost,
+                    took,
+                    outcome_label,
+                    &key,
+                ))
                 .await;
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) })

@@ -355,50 +355,6 @@ async fn sigterm_idle(db: Db) {
     assert!(srv.log().contains("SIGTERM received"), "{}", srv.log());
 }
 
-/// A write lock on `workflow_runs` held from outside the server, so a run insert blocks.
-enum WriteLock {
-    Pg(sqlx::PgConnection),
-    Sqlite(sqlx::SqliteConnection),
-}
-
-impl WriteLock {
-    async fn take(db: &TestDb) -> Self {
-        use sqlx::Connection;
-        match db.kind {
-            Db::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-                sqlx::raw_sql("BEGIN; LOCK TABLE workflow_runs IN EXCLUSIVE MODE")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                Self::Pg(c)
-            }
-            Db::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-                sqlx::raw_sql("BEGIN EXCLUSIVE")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                Self::Sqlite(c)
-            }
-        }
-    }
-
-    async fn release(self) {
-        use sqlx::Connection;
-        match self {
-            Self::Pg(mut c) => {
-                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
-                c.close().await.unwrap();
-            }
-            Self::Sqlite(mut c) => {
-                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
-                c.close().await.unwrap();
-            }
-        }
-    }
-}
-
 /// Starts `POST /api/runs` in the background; it blocks on the lock.
 fn spawn_create(srv: &TestServer) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
     let req = srv

@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,53 +23,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest the lock is held: well below the server's SQLite busy_timeout (10 s), so the
 /// blocked writes wait rather than fail.
 const MAX_HOLD: Duration = Duration::from_secs(5);
-
-/// A lock, held from a connection of the test's own, that makes every server write wait.
-enum WriteLock {
-    /// A transaction holding `EXCLUSIVE` on `workflow_runs`: reads go on, writes queue.
-    Pg(sqlx::PgConnection),
-    /// A `BEGIN EXCLUSIVE` transaction: the single SQLite write lock (WAL readers go on).
-    Sqlite(sqlx::SqliteConnection),
-}
-
-impl WriteLock {
-    async fn take(db: &TestDb) -> Self {
-        match db.kind {
-            Db::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-                sqlx::raw_sql("BEGIN").execute(&mut c).await.unwrap();
-                sqlx::raw_sql("LOCK TABLE workflow_runs IN EXCLUSIVE MODE")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                Self::Pg(c)
-            }
-            Db::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-                // Nothing is written under the lock, so the server's waiting transactions keep
-                // a valid snapshot and simply proceed once it is released.
-                sqlx::raw_sql("BEGIN EXCLUSIVE")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                Self::Sqlite(c)
-            }
-        }
-    }
-
-    async fn release(self) {
-        match self {
-            Self::Pg(mut c) => {
-                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
-                c.close().await.unwrap();
-            }
-            Self::Sqlite(mut c) => {
-                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
-                c.close().await.unwrap();
-            }
-        }
-    }
-}
 
 /// What one `POST /api/runs` of the burst got back.
 #[derive(Debug)]

@@ -299,3 +299,52 @@ pub fn cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Out
     }
     cmd.output().unwrap()
 }
+
+/// A write lock on `workflow_runs` held from a connection of the test's own, so every server
+/// write blocks while reads go on: how tests make a request stay in flight deterministically.
+pub enum WriteLock {
+    /// A transaction holding `EXCLUSIVE` on `workflow_runs`.
+    Pg(sqlx::PgConnection),
+    /// A `BEGIN EXCLUSIVE` transaction: the single SQLite write lock (WAL readers go on).
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl WriteLock {
+    pub async fn take(db: &TestDb) -> Self {
+        use sqlx::Connection;
+        match db.kind {
+            Db::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN; LOCK TABLE workflow_runs IN EXCLUSIVE MODE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Pg(c)
+            }
+            Db::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+                // Nothing is written under the lock, so the server's waiting transactions keep
+                // a valid snapshot and simply proceed once it is released.
+                sqlx::raw_sql("BEGIN EXCLUSIVE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Sqlite(c)
+            }
+        }
+    }
+
+    pub async fn release(self) {
+        use sqlx::Connection;
+        match self {
+            Self::Pg(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+            Self::Sqlite(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+        }
+    }
+}
