@@ -1,0 +1,544 @@
+//! The local forge: each bolt works in its own git worktree under `<data_dir>/worktrees/<run_id>`
+//! on branch `ai/issue-<n>` (or `ai/run-<8 hex>`), created from the repository's HEAD commit
+//! without touching the user's checked-out branch, index or working files. A plain folder (or a
+//! folder inside someone else's repository, like the bundled examples) is first imported into a
+//! scratch repository under `<data_dir>/imports/`. Git runs as a subprocess with the user's hooks
+//! and signing disabled and a fixed bot identity.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The bot's commit author and committer name.
+pub const BOT_NAME: &str = "Atlasia Bot";
+/// The bot's commit e-mail (the `.invalid` TLD never resolves).
+pub const BOT_EMAIL: &str = "bot@atlasia.invalid";
+
+/// Directories never copied when importing a plain folder: VCS data, build output, caches.
+const IMPORT_EXCLUDES: [&str; 4] = [".git", "target", "node_modules", "__pycache__"];
+
+/// Branch of an imported scratch repository.
+const IMPORT_BRANCH: &str = "main";
+
+/// Why a forge operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    /// A git command exited non-zero; carries its trimmed stderr.
+    #[error("git {args} failed: {stderr}")]
+    Git {
+        /// The git arguments (after the fixed `-c` options).
+        args: String,
+        /// Git's trimmed standard error.
+        stderr: String,
+    },
+    /// Git could not be started, or a file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The repository path does not exist or is not a directory.
+    #[error("repository {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// The repository has no commit to branch from.
+    #[error("repository {0} has no commits yet")]
+    NoCommits(PathBuf),
+    /// The run id or branch name cannot be used.
+    #[error("invalid {what}: {value}")]
+    Invalid {
+        /// `run id` or `branch name`.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ForgeError {
+    let context = context.into();
+    move |source| ForgeError::Io { context, source }
+}
+
+/// A bolt's working copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    /// The worktree directory the agents work in.
+    pub path: PathBuf,
+    /// The bolt's branch (`ai/issue-<n>` or `ai/run-<hex>`).
+    pub branch: String,
+    /// The commit the branch was created from; diffs are `base_commit..HEAD`.
+    pub base_commit: String,
+    /// The branch the user had checked out (the pull request's base), or the commit id when
+    /// HEAD was detached.
+    pub base_branch_name: String,
+    /// The repository holding the branch: the user's repository, or the scratch import.
+    pub repo: PathBuf,
+    /// The path the bolt was asked to work on.
+    pub source: PathBuf,
+}
+
+/// The embedded local git forge.
+#[derive(Debug)]
+pub struct LocalForge {
+    data_dir: PathBuf,
+    /// Serialises worktree creation and imports within this process: `git worktree add` on the
+    /// same repository and refreshing the same import must not interleave.
+    lock: Mutex<()>,
+}
+
+/// `ai/issue-<n>` for an issue, else `ai/run-<first 8 hex digits of the run id>`.
+pub fn branch_name(issue_number: Option<i64>, run_id: &str) -> String {
+    match issue_number {
+        Some(n) if n > 0 => format!("ai/issue-{n}"),
+        _ => {
+            let hex: String = run_id
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .take(8)
+                .map(|c| c.to_ascii_lowercase())
+                .collect();
+            if hex.is_empty() {
+                "ai/run".to_owned()
+            } else {
+                format!("ai/run-{hex}")
+            }
+        }
+    }
+}
+
+impl LocalForge {
+    /// A forge keeping worktrees and imports under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn worktree_dir(&self, run_id: &str) -> PathBuf {
+        self.data_dir.join("worktrees").join(run_id)
+    }
+
+    fn meta_file(&self, run_id: &str) -> PathBuf {
+        self.data_dir
+            .join("worktrees")
+            .join(format!("{run_id}.json"))
+    }
+
+    /// Creates the bolt's worktree on `branch`, or reuses it when it already exists (loop-backs,
+    /// resume after a crash). Blocking: call from `spawn_blocking` in async code.
+    pub fn prepare(
+        &self,
+        repo: &Path,
+        run_id: &str,
+        branch: &str,
+    ) -> Result<Workspace, ForgeError> {
+        validate_run_id(run_id)?;
+        validate_branch(branch)?;
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+
+        let wt_dir = self.worktree_dir(run_id);
+        if let Some(ws) = self.reuse(run_id, &wt_dir, branch)? {
+            return Ok(ws);
+        }
+
+        if wt_dir.exists() {
+            // A worktree without its record (a crash between `worktree add` and the record) or
+            // on another branch: committed work survives on the branch, so start the directory
+            // afresh; `worktree prune` below forgets the stale registration.
+            std::fs::remove_dir_all(&wt_dir).map_err(io_err("clearing a stale worktree"))?;
+        }
+
+        let source = repo
+            .canonicalize()
+            .map_err(|_| ForgeError::NotADirectory(repo.to_path_buf()))?;
+        if !source.is_dir() {
+            return Err(ForgeError::NotADirectory(source));
+        }
+        let git_repo = if is_repo_root(&source) {
+            source.clone()
+        } else {
+            self.import(&source)?
+        };
+
+        let base_commit = git(&git_repo, &["rev-parse", "--verify", "HEAD^{commit}"])
+            .map_err(|_| ForgeError::NoCommits(git_repo.clone()))?;
+        let base_branch_name = git(&git_repo, &["symbolic-ref", "--quiet", "--short", "HEAD"])
+            .unwrap_or_else(|_| base_commit.clone());
+
+        std::fs::create_dir_all(self.data_dir.join("worktrees"))
+            .map_err(io_err("creating the worktrees directory"))?;
+        // A worktree directory deleted by hand stays registered until pruned, which would make
+        // `worktree add` refuse the path or the branch.
+        git(&git_repo, &["worktree", "prune"])?;
+        let wt = path_str(&wt_dir)?;
+        let branch_ref = format!("refs/heads/{branch}");
+        let branch_exists = git(
+            &git_repo,
+            &["rev-parse", "--verify", "--quiet", &branch_ref],
+        )
+        .is_ok();
+        let base_commit = if branch_exists {
+            // The branch survived an earlier worktree (removed or lost): keep its commits, and
+            // diff from where it left the user's history.
+            git(&git_repo, &["worktree", "add", "--quiet", wt, branch])?;
+            git(&git_repo, &["merge-base", &base_commit, &branch_ref]).unwrap_or(base_commit)
+        } else {
+            git(
+                &git_repo,
+                &["worktree", "add", "--quiet", "-b", branch, wt, &base_commit],
+            )?;
+            base_commit
+        };
+
+        let ws = Workspace {
+            path: wt_dir
+                .canonicalize()
+                .map_err(io_err("resolving the worktree path"))?,
+            branch: branch.to_owned(),
+            base_commit,
+            base_branch_name,
+            repo: git_repo,
+            source,
+        };
+        let meta = serde_json::to_vec_pretty(&ws).map_err(|e| ForgeError::Io {
+            context: "encoding the workspace record".to_owned(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(self.meta_file(run_id), meta)
+            .map_err(io_err("writing the workspace record"))?;
+        tracing::info!(run_id, branch, path = %ws.path.display(), "prepared bolt worktree");
+        Ok(ws)
+    }
+
+    /// The existing workspace for `run_id` when its record and worktree are both intact and on
+    /// the expected branch.
+    fn reuse(
+        &self,
+        run_id: &str,
+        wt_dir: &Path,
+        branch: &str,
+    ) -> Result<Option<Workspace>, ForgeError> {
+        let Ok(bytes) = std::fs::read(self.meta_file(run_id)) else {
+            return Ok(None);
+        };
+        let Ok(ws) = serde_json::from_slice::<Workspace>(&bytes) else {
+            return Ok(None);
+        };
+        if ws.branch != branch || !wt_dir.join(".git").exists() {
+            return Ok(None);
+        }
+        match git(wt_dir, &["symbolic-ref", "--quiet", "--short", "HEAD"]) {
+            Ok(current) if current == branch => Ok(Some(ws)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Copies a plain folder into `<data_dir>/imports/<hash>` and commits it as the bot. An
+    /// existing import is refreshed so a later bolt sees the folder's current content.
+    fn import(&self, source: &Path) -> Result<PathBuf, ForgeError> {
+        let src = path_str(source)?;
+        let dest = self
+            .data_dir
+            .join("imports")
+            .join(format!("{:016x}", fnv1a(src.as_bytes())));
+        if !dest.join(".git").exists() {
+            std::fs::create_dir_all(&dest).map_err(io_err("creating the import repository"))?;
+            git(
+                &dest,
+                &["init", "--quiet", "--initial-branch", IMPORT_BRANCH],
+            )?;
+        } else {
+            clear_except_git(&dest)?;
+        }
+        copy_tree(source, &dest)?;
+        git(&dest, &["add", "--all"])?;
+        if has_staged_changes(&dest)? {
+            let message = format!("Import {}", source.display());
+            git(&dest, &["commit", "--quiet", "--no-verify", "-m", &message])?;
+        } else if git(&dest, &["rev-parse", "--verify", "--quiet", "HEAD"]).is_err() {
+            // An empty folder still needs a commit to branch from.
+            git(
+                &dest,
+                &[
+                    "commit",
+                    "--quiet",
+                    "--no-verify",
+                    "--allow-empty",
+                    "-m",
+                    "Import (empty folder)",
+                ],
+            )?;
+        }
+        Ok(dest)
+    }
+
+    /// Stages everything in the worktree and commits it as the bot; `None` when nothing changed.
+    pub fn commit(&self, ws: &Workspace, message: &str) -> Result<Option<String>, ForgeError> {
+        git(&ws.path, &["add", "--all"])?;
+        if !has_staged_changes(&ws.path)? {
+            return Ok(None);
+        }
+        let message = if message.trim().is_empty() {
+            "Atlasia: update"
+        } else {
+            message
+        };
+        git(
+            &ws.path,
+            &["commit", "--quiet", "--no-verify", "-m", message],
+        )?;
+        git(&ws.path, &["rev-parse", "HEAD"]).map(Some)
+    }
+
+    /// `git diff --stat base..HEAD`.
+    pub fn diff_stat(&self, ws: &Workspace) -> Result<String, ForgeError> {
+        let range = format!("{}..HEAD", ws.base_commit);
+        git(
+            &ws.path,
+            &["diff", "--no-color", "--no-ext-diff", "--stat", &range],
+        )
+    }
+
+    /// The unified diff `base..HEAD`, as shown with the pull request.
+    pub fn unified_diff(&self, ws: &Workspace) -> Result<String, ForgeError> {
+        let range = format!("{}..HEAD", ws.base_commit);
+        git_raw_ok(&ws.path, &["diff", "--no-color", "--no-ext-diff", &range])
+    }
+
+    /// Removes a finished bolt's worktree (the branch stays: the pull request points at it).
+    pub fn remove(&self, ws: &Workspace) -> Result<(), ForgeError> {
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ws.path.exists() {
+            let wt = path_str(&ws.path)?;
+            if let Err(e) = git(&ws.repo, &["worktree", "remove", "--force", wt]) {
+                tracing::warn!(error = %e, "git worktree remove failed; deleting the directory");
+            }
+            if ws.path.exists() {
+                std::fs::remove_dir_all(&ws.path).map_err(io_err("deleting the worktree"))?;
+            }
+        }
+        git(&ws.repo, &["worktree", "prune"])?;
+        if let Some(run_id) = ws.path.file_name().and_then(|n| n.to_str()) {
+            let _ = std::fs::remove_file(self.meta_file(run_id));
+        }
+        Ok(())
+    }
+}
+
+fn validate_run_id(run_id: &str) -> Result<(), ForgeError> {
+    let ok = !run_id.is_empty()
+        && run_id.len() <= 128
+        && run_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ForgeError::Invalid {
+            what: "run id",
+            value: run_id.to_owned(),
+        })
+    }
+}
+
+fn validate_branch(branch: &str) -> Result<(), ForgeError> {
+    let ok = !branch.starts_with('-')
+        && git_output(Path::new("."), &["check-ref-format", "--branch", branch])
+            .is_ok_and(|out| out.status.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(ForgeError::Invalid {
+            what: "branch name",
+            value: branch.to_owned(),
+        })
+    }
+}
+
+/// True only when `dir` is the top level of a (non-bare) repository: a folder nested inside
+/// another repository (the bundled examples inside a clone of this project) is imported instead,
+/// so a bolt never creates branches in the enclosing project.
+fn is_repo_root(dir: &Path) -> bool {
+    match git(dir, &["rev-parse", "--show-toplevel"]) {
+        Ok(top) => Path::new(&top).canonicalize().is_ok_and(|top| top == dir),
+        Err(_) => false,
+    }
+}
+
+fn has_staged_changes(dir: &Path) -> Result<bool, ForgeError> {
+    // `diff --cached --quiet` exits 1 when there are changes; an unborn HEAD counts as changed
+    // when the index has entries.
+    if git(dir, &["rev-parse", "--verify", "--quiet", "HEAD"]).is_err() {
+        return Ok(!git(dir, &["ls-files"])?.is_empty());
+    }
+    let out = git_output(dir, &["diff", "--cached", "--quiet"])?;
+    match out.status.code() {
+        Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        _ => Err(git_failure(&["diff", "--cached", "--quiet"], &out)),
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str, ForgeError> {
+    path.to_str().ok_or_else(|| ForgeError::Invalid {
+        what: "path (not UTF-8)",
+        value: path.display().to_string(),
+    })
+}
+
+/// A stable 64-bit FNV-1a hash: import directory names must not change between releases, which
+/// `std`'s `DefaultHasher` does not promise.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn clear_except_git(dir: &Path) -> Result<(), ForgeError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err("reading the import repository"))? {
+        let entry = entry.map_err(io_err("reading the import repository"))?;
+        if entry.file_name() == ".git" {
+            continue;
+        }
+        let path = entry.path();
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(io_err("reading the import repository"))?;
+        if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .map_err(io_err(format!("clearing {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Copies files, directories and symlinks (as symlinks: the path policy judges where they
+/// point), skipping `IMPORT_EXCLUDES` at any depth and special files.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ForgeError> {
+    for entry in std::fs::read_dir(from).map_err(io_err(format!("reading {}", from.display())))? {
+        let entry = entry.map_err(io_err(format!("reading {}", from.display())))?;
+        let name = entry.file_name();
+        let src = entry.path();
+        let dst = to.join(&name);
+        let kind = entry
+            .file_type()
+            .map_err(io_err(format!("reading {}", src.display())))?;
+        if kind.is_dir() {
+            if IMPORT_EXCLUDES.iter().any(|x| name == *x) {
+                continue;
+            }
+            std::fs::create_dir_all(&dst).map_err(io_err(format!("creating {}", dst.display())))?;
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            if name == ".git" {
+                continue;
+            }
+            let target =
+                std::fs::read_link(&src).map_err(io_err(format!("reading {}", src.display())))?;
+            std::os::unix::fs::symlink(target, &dst)
+                .map_err(io_err(format!("creating {}", dst.display())))?;
+        } else if kind.is_file() {
+            // A `.git` file marks a submodule or linked worktree checkout: not content.
+            if name == ".git" {
+                continue;
+            }
+            std::fs::copy(&src, &dst).map_err(io_err(format!("copying {}", src.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs git in `dir` with the fixed safety options and bot identity.
+fn git_output(dir: &Path, args: &[&str]) -> Result<Output, ForgeError> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        // The user's hooks must not run on the bot's commits or checkouts, signing would prompt
+        // for keys, and the identity is fixed so no global git config is needed.
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "tag.gpgsign=false",
+        ])
+        .args([
+            "-c",
+            &format!("user.name={BOT_NAME}"),
+            "-c",
+            &format!("user.email={BOT_EMAIL}"),
+        ])
+        .args(["-c", "core.quotePath=false", "-c", "core.fsmonitor=false"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", BOT_NAME)
+        .env("GIT_AUTHOR_EMAIL", BOT_EMAIL)
+        .env("GIT_COMMITTER_NAME", BOT_NAME)
+        .env("GIT_COMMITTER_EMAIL", BOT_EMAIL)
+        // Inherited repository overrides (set when we run inside a git hook) would point every
+        // command at the wrong repository.
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .env_remove("GIT_COMMON_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err("running git"))
+}
+
+fn git_failure(args: &[&str], out: &Output) -> ForgeError {
+    ForgeError::Git {
+        args: args.join(" "),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
+/// Runs git and returns its stdout untouched, failing on a non-zero exit.
+fn git_raw_ok(dir: &Path, args: &[&str]) -> Result<String, ForgeError> {
+    let out = git_output(dir, args)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(git_failure(args, &out))
+    }
+}
+
+/// Runs git and returns its trimmed stdout, failing on a non-zero exit.
+fn git(dir: &Path, args: &[&str]) -> Result<String, ForgeError> {
+    git_raw_ok(dir, args).map(|s| s.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names() {
+        assert_eq!(branch_name(Some(42), "x"), "ai/issue-42");
+        assert_eq!(
+            branch_name(None, "0190ABCD-ef01-7000-8000-000000000000"),
+            "ai/run-0190abcd"
+        );
+        assert_eq!(branch_name(Some(0), "deadbeefcafe"), "ai/run-deadbeef");
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
