@@ -13,6 +13,10 @@ pub enum EventKind {
     StatusChanged,
     /// A worker took the lease; payload `{owner, reclaimed}`.
     LeaseClaimed,
+    /// A worker began a step; payload `{step, attempt}`.
+    StepStarted,
+    /// A step finished and stored its artifact; payload `{step, artifact, version, next_step}`.
+    StepCompleted,
 }
 
 impl EventKind {
@@ -22,6 +26,8 @@ impl EventKind {
             Self::RunCreated => "run_created",
             Self::StatusChanged => "status_changed",
             Self::LeaseClaimed => "lease_claimed",
+            Self::StepStarted => "step_started",
+            Self::StepCompleted => "step_completed",
         }
     }
 }

@@ -142,7 +142,8 @@ pub struct ValidationIssue {
 }
 
 impl ValidationIssue {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An issue at JSON pointer `path` (empty for the whole value).
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),

@@ -1,6 +1,7 @@
 //! The bolt engine's building blocks: agent contracts and artifact schemas (`ai/`), the review
 //! verdict rule and the judge rubric, the local git forge, the write path policy and the
-//! sandboxed command runner. The workers that drive a bolt through them come next.
+//! sandboxed command runner; and the workers that claim runs and drive them through the
+//! implemented steps (PM, QUALIFIER, ARCHITECT so far).
 
 pub mod contracts;
 pub mod forge;
@@ -8,3 +9,5 @@ pub mod judge;
 pub mod policy;
 pub mod review;
 pub mod sandbox;
+pub mod steps;
+pub mod worker;

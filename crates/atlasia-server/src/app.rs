@@ -1,6 +1,7 @@
 //! Building and running the server: `Application::build(settings)` connects and migrates the
-//! store and binds the socket; `run_until_stopped` serves until the token is cancelled, then
-//! drains in-flight requests for at most `server.shutdown_timeout_ms`.
+//! store, binds the socket and starts the engine's workers (`[engine] workers`, default 0);
+//! `run_until_stopped` serves until the token is cancelled, then drains in-flight requests for
+//! at most `server.shutdown_timeout_ms`.
 
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
@@ -9,6 +10,8 @@ use crate::middleware::{observe, tag_route};
 use crate::routes::{admin, health, metrics, openai, runs};
 use crate::settings::Settings;
 use crate::state::AppState;
+use atlasia_engine::contracts::Contracts;
+use atlasia_engine::worker::{WorkerConfig, WorkerPool};
 use atlasia_llm::Gateway;
 use atlasia_store::{Store, StoreError};
 use axum::Router;
@@ -47,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}/resume", post(runs::resume))
         .route("/api/runs/{id}/cancel", post(runs::cancel))
         .route("/api/runs/{id}/events", get(runs::events))
+        .route("/api/runs/{id}/artifacts", get(runs::artifacts))
         .route("/api/admin/runs/pause", post(admin::pause_runs))
         .route("/api/admin/runs/resume", post(admin::resume_runs))
         .route(
@@ -129,11 +133,30 @@ impl Application {
         if !gateway.is_configured() {
             tracing::info!("no LLM configured: /v1 answers 503 until [llm] or LLM_ENDPOINT is set");
         }
+        let gateway = Arc::new(gateway);
+        if settings.engine.workers > 0 {
+            let contracts = Contracts::embedded()
+                .map_err(|e| StartError::Setup(format!("agent contracts: {e}")))?;
+            let config = WorkerConfig {
+                lease: Duration::from_millis(settings.engine.lease_ms),
+                poll: Duration::from_millis(settings.engine.poll_ms),
+            };
+            WorkerPool::spawn(
+                settings.engine.workers,
+                store.clone(),
+                gateway.clone(),
+                Arc::new(contracts),
+                config,
+                &tracker,
+                background.clone(),
+            );
+            tracing::info!(workers = settings.engine.workers, "engine workers started");
+        }
         let state = AppState {
             store,
             settings: Arc::new(settings),
             metrics,
-            gateway: Arc::new(gateway),
+            gateway,
         };
         Ok(Self {
             listener,

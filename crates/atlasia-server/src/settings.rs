@@ -25,6 +25,32 @@ pub struct Settings {
     pub llm: LlmSettings,
     /// Per-agent settings (`[agents.<name>]`), e.g. `llm_model`.
     pub agents: BTreeMap<String, AgentSettings>,
+    /// The bolt engine's workers (`[engine]`).
+    pub engine: EngineSettings,
+}
+
+/// The workers that execute runs in this process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Workers claiming runs (`ATLASIA_ENGINE__WORKERS`). Default 0 while the pipeline stops
+    /// after ARCHITECT: a server does not pick up runs it cannot finish unless asked to.
+    pub workers: usize,
+    /// A worker's lease on a run; heartbeats run every third of it, and a run whose worker
+    /// died is reclaimed after it expires.
+    pub lease_ms: u64,
+    /// Wait between claims while the queue is empty.
+    pub poll_ms: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            lease_ms: 30_000,
+            poll_ms: 500,
+        }
+    }
 }
 
 /// The HTTP listener and logs.
@@ -286,6 +312,8 @@ impl Settings {
                 self.server.shutdown_timeout_ms,
             ),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("engine.lease_ms", self.engine.lease_ms),
+            ("engine.poll_ms", self.engine.poll_ms),
         ] {
             if v == 0 {
                 return Err(SettingsError::new(key, "must be greater than 0"));

@@ -1,5 +1,5 @@
 //! Atlasia persistence. One [`Store`] over SQLite (the embedded default) or PostgreSQL, with the
-//! same queries on both where the SQL allows it: runs and their event log, the durable run queue
+//! same queries on both where the SQL allows it: runs and their event log, steps and versioned artifacts, the durable run queue
 //! (claim with lease, heartbeat, reclaim), and API tokens. Migrations live per backend under
 //! `migrations/` and run at start.
 
@@ -12,6 +12,7 @@ mod pull_requests;
 mod queue;
 mod row;
 mod runs;
+mod steps;
 mod tokens;
 
 pub use diag::Diagnostics;
@@ -22,4 +23,5 @@ pub use pool::{PoolStats, Store};
 pub use pull_requests::{PullRequest, PullRequestDraft};
 pub use queue::Claim;
 pub use runs::{Cursor, Page, RunFilter};
+pub use steps::Artifact;
 pub use tokens::ApiToken;

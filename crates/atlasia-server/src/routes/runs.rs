@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
 use atlasia_core::{Run, RunAction, RunEvent, RunId, RunRequest, RunStatus};
-use atlasia_store::{Cursor, RunFilter};
+use atlasia_store::{Artifact, Cursor, RunFilter};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -95,6 +95,22 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
     Ok(Json(st.store.get_run(run_id(&id)?).await?))
+}
+
+/// The artifacts of a run, every version, oldest first.
+#[derive(Debug, Serialize)]
+pub struct ArtifactList {
+    pub items: Vec<Artifact>,
+}
+
+/// `GET /api/runs/{id}/artifacts`.
+pub async fn artifacts(
+    State(st): State<AppState>,
+    _: AsViewer,
+    Path(id): Path<String>,
+) -> Result<Json<ArtifactList>, ApiError> {
+    let items = st.store.artifacts(run_id(&id)?).await?;
+    Ok(Json(ArtifactList { items }))
 }
 
 async fn act(

@@ -1,0 +1,447 @@
+//! The bolt engine end to end: the real `atlasia serve` with workers, calling the real
+//! `atlasia sim-llm` over HTTP. A run goes through PM → QUALIFIER → ARCHITECT with valid,
+//! versioned artifacts, ordered step events and `llm_calls` rows, then stops honestly (FAILED:
+//! DEVELOPER is not implemented; WAITING_GATE with autonomy `confirm`). After `kill -9` mid-run
+//! and a restart on the same database, the run resumes after its last completed step. Cancel
+//! stops the step in flight; SIGTERM requeues the run; a failing LLM fails the run with the
+//! cause; schema-invalid answers are re-asked twice, then fail the run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use atlasia_engine::contracts::Contracts;
+use atlasia_engine::worker::NOT_IMPLEMENTED_ERROR;
+use common::*;
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running `atlasia sim-llm`.
+struct Sim {
+    base: String,
+    _child: Child,
+}
+
+impl Sim {
+    async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["sim-llm", "--bind", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let base = first.strip_prefix("listening on ").unwrap().to_owned();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            base,
+            _child: child,
+        }
+    }
+}
+
+/// The server with workers, pointed at `sim`.
+async fn server(db: TestDb, sim: &Sim, lease_ms: &str) -> TestServer {
+    let env = [
+        ("LLM_ENDPOINT", sim.base.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("ATLASIA_ENGINE__WORKERS", "2"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+        ("ATLASIA_ENGINE__LEASE_MS", lease_ms),
+    ];
+    TestServer::start_with(db, &env).await
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Polls until the run is out of PENDING/RUNNING; returns it.
+async fn settled(srv: &TestServer, id: &str) -> Value {
+    eventually(LIMIT, || async {
+        let (_, run) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
+        let s = run["status"].as_str().unwrap_or_default().to_owned();
+        (s != "PENDING" && s != "RUNNING").then_some(run)
+    })
+    .await
+}
+
+async fn events(srv: &TestServer, id: &str) -> Vec<Value> {
+    let (s, v) = srv
+        .get(&format!("/api/runs/{id}/events?limit=1000"), ADMIN_TOKEN)
+        .await;
+    assert!(s.is_success(), "{v}");
+    v["items"].as_array().unwrap().clone()
+}
+
+/// `(kind, step)` of each step event, in log order.
+fn step_events(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "step_started" || e["kind"] == "step_completed")
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["data"]["step"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn artifacts(srv: &TestServer, id: &str) -> Vec<Value> {
+    let (s, v) = srv
+        .get(&format!("/api/runs/{id}/artifacts"), ADMIN_TOKEN)
+        .await;
+    assert!(s.is_success(), "{v}");
+    v["items"].as_array().unwrap().clone()
+}
+
+/// The agents of the run's `llm_calls` rows, oldest first, once `n` are written (the ledger
+/// writes in the background).
+async fn llm_agents(srv: &TestServer, id: &str, n: usize) -> Vec<String> {
+    let sql = format!("SELECT agent FROM llm_calls WHERE run_id = '{id}' ORDER BY id");
+    eventually(LIMIT, || async {
+        let out = srv.db.sql_cli(&sql);
+        let agents: Vec<String> = out.lines().map(str::to_owned).collect();
+        (agents.len() >= n).then_some(agents)
+    })
+    .await
+}
+
+on_both! {
+    pipeline_runs_three_steps_then_stops_honestly => pipeline_runs_three_steps_then_stops_honestly;
+    killed_server_resumes_after_the_last_completed_step => killed_server_resumes_after_the_last_completed_step;
+    cancel_stops_the_running_step => cancel_stops_the_running_step;
+    failing_llm_fails_the_run_with_the_cause => failing_llm_fails_the_run_with_the_cause;
+    invalid_answers_are_reasked_then_fail => invalid_answers_are_reasked_then_fail;
+    shutdown_requeues_the_run => shutdown_requeues_the_run;
+}
+
+async fn pipeline_runs_three_steps_then_stops_honestly(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let srv = server(TestDb::new(db).await, &sim, "30000").await;
+    let contracts = Contracts::embedded().unwrap();
+
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "issue_number": 12,
+                           "title": "Add a health endpoint", "body": "GET /health returns ok"}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = settled(&srv, id).await;
+    assert_eq!(done["status"], "FAILED", "{done}\n{}", srv.log());
+    assert_eq!(done["error"], NOT_IMPLEMENTED_ERROR);
+    assert_eq!(done["current_step"], "DEVELOPER");
+
+    let arts = artifacts(&srv, id).await;
+    let kinds: Vec<(&str, i64, &str)> = arts
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap(),
+                a["version"].as_i64().unwrap(),
+                a["step"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ticket_plan", 1, "PM"),
+            ("work_plan", 1, "QUALIFIER"),
+            ("architecture_notes", 1, "ARCHITECT")
+        ]
+    );
+    for a in &arts {
+        let kind = a["kind"].as_str().unwrap();
+        assert!(contracts.validate(kind, &a["payload"]).is_ok(), "{a}");
+    }
+
+    let evs = events(&srv, id).await;
+    let seqs: Vec<i64> = evs.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=evs.len() as i64).collect::<Vec<_>>());
+    let steps = step_events(&evs);
+    let expected: Vec<(String, String)> = ["PM", "QUALIFIER", "ARCHITECT"]
+        .iter()
+        .flat_map(|s| {
+            [
+                ("step_started".to_owned(), (*s).to_owned()),
+                ("step_completed".to_owned(), (*s).to_owned()),
+            ]
+        })
+        .collect();
+    assert_eq!(steps, expected);
+    assert_eq!(evs.last().unwrap()["data"]["to"], "FAILED");
+
+    let agents = llm_agents(&srv, id, 3).await;
+    assert_eq!(agents, ["pm", "qualifier", "architect"]);
+
+    // Autonomy `confirm`: the architecture gate instead of the failure.
+    let gated = srv
+        .create_run(json!({"repo": "acme/widgets", "title": "Gate me", "autonomy": "confirm"}))
+        .await;
+    let gid = gated["id"].as_str().unwrap();
+    let parked = settled(&srv, gid).await;
+    assert_eq!(parked["status"], "WAITING_GATE", "{parked}");
+    assert_eq!(parked["current_step"], "DEVELOPER");
+    assert!(parked["error"].is_null());
+    assert_eq!(artifacts(&srv, gid).await.len(), 3);
+}
+
+async fn killed_server_resumes_after_the_last_completed_step(db: Db) {
+    // Each answer takes a while, so the kill lands while QUALIFIER's call is in flight.
+    let sim = Sim::start(&["--latency-ms", "1500"]).await;
+    let mut srv = server(TestDb::new(db).await, &sim, "1500").await;
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "title": "Survive a crash"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+
+    eventually(LIMIT, || async {
+        let steps = step_events(&events(&srv, &id).await);
+        steps
+            .contains(&("step_completed".to_owned(), "PM".to_owned()))
+            .then_some(())
+    })
+    .await;
+    let pid = srv.child.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    srv.child.wait().await.unwrap();
+    // The server is gone: read the log from the database itself.
+    let completed = srv.db.sql_cli(&format!(
+        "SELECT COUNT(*) FROM run_events WHERE run_id = '{id}' AND kind = 'step_completed'"
+    ));
+    assert_eq!(
+        completed.trim(),
+        "1",
+        "only PM may have completed before the kill, or the test did not exercise a resume"
+    );
+
+    let TestServer { db, .. } = srv;
+    let srv = server(db, &sim, "1500").await;
+    let done = settled(&srv, &id).await;
+    assert_eq!(done["status"], "FAILED", "{done}\n{}", srv.log());
+    assert_eq!(done["error"], NOT_IMPLEMENTED_ERROR);
+
+    let arts = artifacts(&srv, &id).await;
+    let kinds: Vec<(&str, i64)> = arts
+        .iter()
+        .map(|a| (a["kind"].as_str().unwrap(), a["version"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ticket_plan", 1),
+            ("work_plan", 1),
+            ("architecture_notes", 1)
+        ]
+    );
+
+    let evs = events(&srv, &id).await;
+    let steps = step_events(&evs);
+    let pm_starts = steps
+        .iter()
+        .filter(|(k, s)| k == "step_started" && s == "PM")
+        .count();
+    assert_eq!(pm_starts, 1, "PM ran again: {steps:?}");
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "lease_claimed" && e["data"]["reclaimed"] == true),
+        "the run was not reclaimed"
+    );
+    // QUALIFIER's interrupted call and its retry, then ARCHITECT; PM's one call at most (the
+    // killed process may not have flushed its ledger row).
+    let agents = llm_agents(&srv, &id, 2).await;
+    assert!(
+        agents.iter().filter(|a| *a == "pm").count() <= 1,
+        "{agents:?}"
+    );
+    let tail: Vec<&str> = agents
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "pm")
+        .collect();
+    assert_eq!(tail.last(), Some(&"architect"), "{agents:?}");
+}
+
+async fn cancel_stops_the_running_step(db: Db) {
+    // PM's answer would take 20 s; the cancel must not wait for it.
+    let sim = Sim::start(&["--latency-ms", "20000"]).await;
+    let srv = server(TestDb::new(db).await, &sim, "1500").await;
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "title": "Cancel me"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    eventually(LIMIT, || async {
+        let steps = step_events(&events(&srv, &id).await);
+        (!steps.is_empty()).then_some(())
+    })
+    .await;
+    let (s, v) = srv
+        .post(&format!("/api/runs/{id}/cancel"), ADMIN_TOKEN, &json!({}))
+        .await;
+    assert!(s.is_success(), "{v}");
+    // The heartbeat (every 500 ms) sees the lease gone and stops the step well before the
+    // simulator would answer.
+    eventually(Duration::from_secs(10), || async {
+        srv.log()
+            .contains("lease lost; stopping the step")
+            .then_some(())
+    })
+    .await;
+    let (_, run) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
+    assert_eq!(run["status"], "CANCELLED");
+    assert!(artifacts(&srv, &id).await.is_empty());
+    let steps = step_events(&events(&srv, &id).await);
+    assert_eq!(steps, [("step_started".to_owned(), "PM".to_owned())]);
+}
+
+async fn failing_llm_fails_the_run_with_the_cause(db: Db) {
+    let sim = Sim::start(&["--fault", "500"]).await;
+    let env = [
+        ("LLM_ENDPOINT", sim.base.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("ATLASIA_LLM__RETRY__BASE_MS", "10"),
+        ("ATLASIA_ENGINE__WORKERS", "1"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+    ];
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "title": "No model today"}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = settled(&srv, id).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.starts_with("pm: LLM call failed"), "{error}");
+    assert_eq!(done["current_step"], "PM");
+    assert!(artifacts(&srv, id).await.is_empty());
+}
+
+/// A fake OpenAI endpoint that answers every request with the same schema-invalid JSON (`{}`)
+/// and counts the requests: the simulator only gives valid answers.
+async fn invalid_llm() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // Read the head, then as much body as Content-Length says.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let body_start = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..body_start]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while buf.len() < body_start + len {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let body = json!({"id": "fake-1", "object": "chat.completion", "created": 0,
+                    "model": "fake-invalid",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "{}"}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+                .to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (base, count)
+}
+
+async fn invalid_answers_are_reasked_then_fail(db: Db) {
+    let (base, count) = invalid_llm().await;
+    let env = [
+        ("LLM_ENDPOINT", base.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("ATLASIA_ENGINE__WORKERS", "1"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+    ];
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "title": "Answer badly"}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = settled(&srv, id).await;
+    assert_eq!(done["status"], "FAILED", "{done}\n{}", srv.log());
+    let error = done["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("pm: output is not a valid ticket_plan after 2 re-asks: "),
+        "{error}"
+    );
+    assert!(
+        error.contains("summary"),
+        "the cause names the missing field: {error}"
+    );
+    // The first answer and two corrections.
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(artifacts(&srv, id).await.is_empty());
+}
+
+async fn shutdown_requeues_the_run(db: Db) {
+    let sim = Sim::start(&["--latency-ms", "20000"]).await;
+    let mut srv = server(TestDb::new(db).await, &sim, "30000").await;
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "title": "Stop politely"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    eventually(LIMIT, || async {
+        let steps = step_events(&events(&srv, &id).await);
+        (!steps.is_empty()).then_some(())
+    })
+    .await;
+    let status = srv.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", srv.log());
+    // Handed back at once instead of waiting 30 s for the lease to expire.
+    let row = srv.db.sql_cli(&format!(
+        "SELECT status, current_step, lease_owner IS NULL FROM workflow_runs WHERE id = '{id}'"
+    ));
+    let row = row.trim().replace('|', " ");
+    assert!(
+        row == "PENDING PM 1" || row == "PENDING PM t",
+        "{row}\n{}",
+        srv.log()
+    );
+}
