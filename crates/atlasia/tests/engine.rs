@@ -14,42 +14,7 @@ use atlasia_engine::contracts::Contracts;
 use atlasia_engine::worker::NOT_IMPLEMENTED_ERROR;
 use common::*;
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// A running `atlasia sim-llm`.
-struct Sim {
-    base: String,
-    _child: Child,
-}
-
-impl Sim {
-    async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["sim-llm", "--bind", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let base = first.strip_prefix("listening on ").unwrap().to_owned();
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            base,
-            _child: child,
-        }
-    }
-}
 
 /// The server with workers, pointed at `sim`.
 async fn server(db: TestDb, sim: &Sim, lease_ms: &str) -> TestServer {
