@@ -33,6 +33,14 @@ pub enum RunAction {
     Pause,
     Resume,
     Cancel,
+    /// Approve the gate a WAITING_GATE run stops at.
+    GateApprove,
+    /// Reject the gate a WAITING_GATE run stops at.
+    GateReject,
+    /// Let an ESCALATED run go on (with the operator's guidance).
+    Proceed,
+    /// End an ESCALATED run.
+    Abort,
 }
 
 /// An action that the run's current status does not allow.
@@ -79,17 +87,21 @@ impl RunStatus {
 
     /// The status an operator action leads to from this one, or why it is refused.
     ///
-    /// Pause holds anything not yet finished and not already held; a running run stops
-    /// between steps. Resume puts a paused run back in the queue (it continues from its last
-    /// completed step). Cancel ends anything not yet finished.
+    /// Pause holds a queued or running run; a running run stops between steps. A run waiting
+    /// for a human (gate, escalation) is already held, and pausing it would let resume skip the
+    /// human's decision, so that is refused. Resume puts a paused run back in the queue (it continues from its last
+    /// completed step). Cancel ends anything not yet finished. The human decisions only apply
+    /// where the run waits for them: approving a gate or PROCEEDing after an escalation requeues
+    /// the run (the engine continues from `current_step`); rejecting or ABORTing fails it.
     pub fn apply(self, action: RunAction) -> Result<RunStatus, TransitionError> {
         let next = match (self, action) {
-            (
-                Self::Pending | Self::Running | Self::WaitingGate | Self::Escalated,
-                RunAction::Pause,
-            ) => Some(Self::Paused),
+            (Self::Pending | Self::Running, RunAction::Pause) => Some(Self::Paused),
             (Self::Paused, RunAction::Resume) => Some(Self::Pending),
             (s, RunAction::Cancel) if !s.is_terminal() => Some(Self::Cancelled),
+            (Self::WaitingGate, RunAction::GateApprove) => Some(Self::Pending),
+            (Self::WaitingGate, RunAction::GateReject) => Some(Self::Failed),
+            (Self::Escalated, RunAction::Proceed) => Some(Self::Pending),
+            (Self::Escalated, RunAction::Abort) => Some(Self::Failed),
             _ => None,
         };
         next.ok_or(TransitionError { from: self, action })
@@ -114,12 +126,17 @@ impl FromStr for RunStatus {
 }
 
 impl RunAction {
-    /// The verb as used in URLs and messages.
+    /// The verb as used in messages ("cannot … a run that is …"); pause, resume and cancel
+    /// are also the URL segments.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Cancel => "cancel",
+            Self::GateApprove => "approve the gate of",
+            Self::GateReject => "reject the gate of",
+            Self::Proceed => "proceed with",
+            Self::Abort => "abort",
         }
     }
 }
@@ -152,10 +169,44 @@ mod tests {
         assert_eq!(Paused.apply(Cancel), Ok(Cancelled));
         assert!(Paused.apply(Pause).is_err());
         assert!(Pending.apply(Resume).is_err());
+        // Waiting for a human: pausing would let resume skip the decision.
+        assert!(WaitingGate.apply(Pause).is_err());
+        assert!(Escalated.apply(Pause).is_err());
+        assert_eq!(WaitingGate.apply(Cancel), Ok(Cancelled));
         for t in [Done, Failed, Cancelled] {
             for a in [Pause, Resume, Cancel] {
                 assert_eq!(t.apply(a), Err(TransitionError { from: t, action: a }));
             }
         }
+    }
+
+    #[test]
+    fn human_decisions_apply_only_where_the_run_waits_for_them() {
+        use RunAction::*;
+        use RunStatus::*;
+        assert_eq!(WaitingGate.apply(GateApprove), Ok(Pending));
+        assert_eq!(WaitingGate.apply(GateReject), Ok(Failed));
+        assert_eq!(Escalated.apply(Proceed), Ok(Pending));
+        assert_eq!(Escalated.apply(Abort), Ok(Failed));
+        for s in RunStatus::ALL {
+            for (a, at) in [
+                (GateApprove, WaitingGate),
+                (GateReject, WaitingGate),
+                (Proceed, Escalated),
+                (Abort, Escalated),
+            ] {
+                if s != at {
+                    assert_eq!(s.apply(a), Err(TransitionError { from: s, action: a }));
+                }
+            }
+        }
+        assert_eq!(
+            Pending
+                .apply(GateApprove)
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("cannot approve the gate of a run that is PENDING")
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The pipeline's order and one structured-output agent step: the contract's prompt as the
-//! system message, the run's issue and earlier artifacts as the user message, the artifact's
-//! schema as `response_format`; the answer is parsed and validated, and re-asked with the
-//! validation errors at most [`MAX_REASKS`] times.
+//! system message, the run's issue, earlier artifacts and any operator guidance as the user
+//! message, the artifact's schema as `response_format`; the answer is parsed and validated, and
+//! re-asked with the validation errors at most [`MAX_REASKS`] times.
 
 use crate::contracts::{AgentContract, Contracts, ValidationIssue, reask_message};
 use atlasia_core::Run;
@@ -70,6 +70,24 @@ pub async fn inputs(
         } else if let Some(a) = store.latest_artifact(run.id, input).await? {
             doc.insert(input.clone(), a.payload);
         }
+    }
+    // A human's word on this run (a gate comment, escalation guidance) reaches every agent
+    // after it, so a PROCEED "with guidance" actually changes what the next agent does.
+    let mut guidance = Vec::new();
+    for (kind, field) in [
+        ("gate_decision", "comment"),
+        ("escalation_decision", "guidance"),
+    ] {
+        let latest = store.latest_artifact(run.id, kind).await?;
+        if let Some((a, text)) = latest.as_ref().and_then(|a| {
+            let text = a.payload.get(field).and_then(Value::as_str)?;
+            Some((a, text))
+        }) {
+            guidance.push(json!({"from": kind, "by": a.payload.get("by"), "text": text}));
+        }
+    }
+    if !guidance.is_empty() {
+        doc.insert("operator_guidance".into(), Value::Array(guidance));
     }
     // Pretty JSON reads better for models and in journals; the size difference is small.
     Ok(serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default())

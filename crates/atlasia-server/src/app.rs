@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
 use crate::ledger::StoreRecorder;
 use crate::middleware::{observe, tag_route};
-use crate::routes::{admin, health, metrics, openai, runs};
+use crate::routes::{admin, decisions, health, metrics, openai, runs};
 use crate::settings::Settings;
 use crate::state::AppState;
 use atlasia_engine::contracts::Contracts;
@@ -51,6 +51,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}/cancel", post(runs::cancel))
         .route("/api/runs/{id}/events", get(runs::events))
         .route("/api/runs/{id}/artifacts", get(runs::artifacts))
+        .route(
+            "/api/runs/{id}/gates/{gate}/respond",
+            post(decisions::respond_gate),
+        )
+        .route(
+            "/api/runs/{id}/escalation-decision",
+            post(decisions::escalation_decision),
+        )
+        .route("/api/runs/{id}/pull-request", get(decisions::pull_request))
         .route("/api/admin/runs/pause", post(admin::pause_runs))
         .route("/api/admin/runs/resume", post(admin::resume_runs))
         .route(

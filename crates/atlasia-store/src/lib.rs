@@ -3,6 +3,7 @@
 //! (claim with lease, heartbeat, reclaim), and API tokens. Migrations live per backend under
 //! `migrations/` and run at start.
 
+mod decisions;
 mod diag;
 mod error;
 mod llm_calls;
@@ -15,6 +16,7 @@ mod runs;
 mod steps;
 mod tokens;
 
+pub use decisions::{Decision, HUMAN_STEP};
 pub use diag::Diagnostics;
 pub use error::StoreError;
 pub use llm_calls::{LlmCallRow, LlmTotals};
