@@ -17,6 +17,25 @@ pub enum EventKind {
     StepStarted,
     /// A step finished and stored its artifact; payload `{step, artifact, version, next_step}`.
     StepCompleted,
+    /// An LLM call began; payload `{step, agent, turn}`.
+    LlmCallStarted,
+    /// An LLM call answered; payload `{step, agent, model, tokens_in, tokens_out, cost_usd,
+    /// latency_ms, replayed}` (`replayed`: taken from the journal of a crashed attempt, unpaid).
+    LlmCallCompleted,
+    /// An LLM call failed for good; payload `{step, agent, error}`.
+    LlmCallFailed,
+    /// The developer used a tool; payload `{step, tool, target, ok, detail}`.
+    ToolCalled,
+    /// A commit landed on the bolt's branch; payload `{step, commit, branch, message}`.
+    Committed,
+    /// The bolt went back to an earlier step; payload `{edge, from, to, count, max, reason}`.
+    LoopBack,
+    /// The bolt stopped at a human gate; payload `{gate, step}`.
+    GateOpened,
+    /// The bolt escalated to a human; payload `{step, reason, blocker}`.
+    Escalated,
+    /// The pull request record was opened or updated; payload `{forge, head, base, title, number, url}`.
+    PullRequestUpdated,
 }
 
 impl EventKind {
@@ -28,6 +47,15 @@ impl EventKind {
             Self::LeaseClaimed => "lease_claimed",
             Self::StepStarted => "step_started",
             Self::StepCompleted => "step_completed",
+            Self::LlmCallStarted => "llm_call_started",
+            Self::LlmCallCompleted => "llm_call_completed",
+            Self::LlmCallFailed => "llm_call_failed",
+            Self::ToolCalled => "tool_called",
+            Self::Committed => "committed",
+            Self::LoopBack => "loop_back",
+            Self::GateOpened => "gate_opened",
+            Self::Escalated => "escalated",
+            Self::PullRequestUpdated => "pull_request_updated",
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 
 /// Default timeout for a verify command (10 minutes).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -85,6 +86,9 @@ pub enum SandboxError {
     /// Waiting for the command failed.
     #[error("waiting for the command failed: {0}")]
     Wait(#[source] std::io::Error),
+    /// The caller cancelled; the command's process group was killed.
+    #[error("the command was cancelled")]
+    Cancelled,
 }
 
 /// True when a variable name looks like it holds a credential.
@@ -99,6 +103,20 @@ pub async fn run(
     timeout: Duration,
     max_output: usize,
 ) -> Result<CommandOutcome, SandboxError> {
+    run_until(spec, timeout, max_output, &CancellationToken::new()).await
+}
+
+/// [`run`], but `cancel` ends the command early: its whole process group is killed (as on a
+/// timeout) and the call returns [`SandboxError::Cancelled`].
+pub async fn run_until(
+    spec: &CommandSpec,
+    timeout: Duration,
+    max_output: usize,
+    cancel: &CancellationToken,
+) -> Result<CommandOutcome, SandboxError> {
+    if cancel.is_cancelled() {
+        return Err(SandboxError::Cancelled);
+    }
     if !spec.cwd.is_dir() {
         return Err(SandboxError::Cwd(spec.cwd.clone()));
     }
@@ -134,15 +152,24 @@ pub async fn run(
 
     let drain = tokio::spawn(read_tail(reader, max_output));
 
-    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(waited) => (waited.map_err(SandboxError::Wait)?, false),
-        Err(_) => {
+    let waited = tokio::select! {
+        w = tokio::time::timeout(timeout, child.wait()) => Some(w),
+        () = cancel.cancelled() => None,
+    };
+    let (status, timed_out) = match waited {
+        Some(Ok(exited)) => (exited.map_err(SandboxError::Wait)?, false),
+        elapsed_or_cancelled => {
             if let Some(pgid) = pgid {
                 kill_group(pgid).await;
             }
             // Kill the leader directly too, in case the group kill could not be delivered.
             let _ = child.start_kill();
-            (child.wait().await.map_err(SandboxError::Wait)?, true)
+            let status = child.wait().await.map_err(SandboxError::Wait)?;
+            if elapsed_or_cancelled.is_none() {
+                drain.abort();
+                return Err(SandboxError::Cancelled);
+            }
+            (status, true)
         }
     };
     let duration = started.elapsed();

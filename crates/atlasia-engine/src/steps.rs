@@ -3,12 +3,12 @@
 //! message, the artifact's schema as `response_format`; the answer is parsed and validated, and
 //! re-asked with the validation errors at most [`MAX_REASKS`] times.
 
-use crate::contracts::{AgentContract, Contracts, ValidationIssue, reask_message};
+use crate::contracts::{AgentContract, ValidationIssue, reask_message};
+use crate::ctx::{CallError, StepCtx};
 use atlasia_core::Run;
-use atlasia_llm::{CallMeta, ChatRequest, Gateway, JsonSchema, Message, Role};
+use atlasia_llm::{ChatRequest, JsonSchema, Message, Role};
 use atlasia_store::{Store, StoreError};
 use serde_json::{Map, Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// How many times an invalid answer is sent back with its validation errors before the step
 /// fails (the issue asks for "once or twice").
@@ -17,21 +17,29 @@ pub const MAX_REASKS: usize = 2;
 /// The first step of every run.
 pub const FIRST_STEP: &str = "PM";
 
-/// The steps implemented so far, in order: (step, agent contract name). Every one of them is a
-/// single structured-output conversation.
+/// The pipeline, in order.
+pub const PIPELINE: [&str; 8] = [
+    "PM",
+    "QUALIFIER",
+    "ARCHITECT",
+    "DEVELOPER",
+    "REVIEW",
+    "TESTER",
+    "JUDGE",
+    "WRITER",
+];
+
+/// The structured single-conversation steps: (step, agent contract name).
 pub const AGENT_STEPS: [(&str, &str); 3] = [
     ("PM", "pm"),
     ("QUALIFIER", "qualifier"),
     ("ARCHITECT", "architect"),
 ];
 
-/// The step that follows the last implemented one; reaching it ends the partial pipeline.
-pub const NOT_IMPLEMENTED: &str = "DEVELOPER";
-
-/// The step after `step`, as stored in `current_step`.
+/// The step after `step` in the straight pipeline (loop-backs are decided by the steps).
 pub fn next_step(step: &str) -> Option<&'static str> {
-    let at = AGENT_STEPS.iter().position(|(s, _)| *s == step)?;
-    Some(AGENT_STEPS.get(at + 1).map_or(NOT_IMPLEMENTED, |(s, _)| *s))
+    let at = PIPELINE.iter().position(|s| *s == step)?;
+    PIPELINE.get(at + 1).copied()
 }
 
 /// How an agent step ended, short of an infrastructure error.
@@ -44,31 +52,65 @@ pub enum AgentOutcome {
     Failed(String),
     /// Cancelled (lease lost, pause, cancel or shutdown): nothing is written.
     Cancelled,
+    /// A human must decide (the budget is spent); the message says why.
+    Escalate(String),
 }
 
-/// What an agent step may fail with that is not the step's own fault.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
+/// Context that is not an artifact, gathered by the caller from the bolt's worktree (each
+/// optional: a run whose repository cannot be prepared still plans).
+#[derive(Debug, Default, Clone)]
+pub struct Context {
+    /// The developer iteration being worked on or judged (1 for the planning steps).
+    pub iteration: i64,
+    /// Tracked files of the repository.
+    pub repo_tree: Option<Vec<String>>,
+    /// README and manifest excerpts.
+    pub repo_docs: Option<Value>,
+    /// The branch's diff against its base (capped).
+    pub diff: Option<String>,
+    /// Verify command results, for the tester.
+    pub test_log: Option<Value>,
+    /// Extra top-level fields (a reviewer's `persona`, a judge's `voter`).
+    pub extra: Map<String, Value>,
 }
 
-/// The user message: the issue, then each input artifact the contract names (latest version).
+/// Artifacts an input name reads, when it is not the artifact of the same name: agents that
+/// ask for `persona_review` or `judge_verdict` get the merged review and the judges' decision.
+fn stored_kind(input: &str) -> &str {
+    match input {
+        "persona_review" => "review",
+        "judge_verdict" => "judge_decision",
+        other => other,
+    }
+}
+
+/// The user message: `iteration`, the extra fields, the issue, each input artifact the contract
+/// names (latest version), the context inputs, and any operator guidance.
 pub async fn inputs(
     store: &Store,
     run: &Run,
     contract: &AgentContract,
-) -> Result<String, StepError> {
+    ctx: &Context,
+) -> Result<String, StoreError> {
     let mut doc = Map::new();
+    doc.insert("iteration".into(), json!(ctx.iteration.max(1)));
+    doc.extend(ctx.extra.clone());
     for input in &contract.inputs {
-        if input == "issue" {
-            doc.insert(
-                "issue".into(),
-                json!({"repo": run.repo, "number": run.issue_number,
-                       "title": run.title, "body": run.body}),
-            );
-        } else if let Some(a) = store.latest_artifact(run.id, input).await? {
-            doc.insert(input.clone(), a.payload);
+        let value = match input.as_str() {
+            "issue" => Some(json!({"repo": run.repo, "number": run.issue_number,
+                                   "title": run.title, "body": run.body})),
+            "repo_tree" => ctx.repo_tree.as_ref().map(|t| json!(t)),
+            "repo_docs" => ctx.repo_docs.clone(),
+            "diff" => ctx.diff.as_ref().map(|d| json!(d)),
+            "test_log" => ctx.test_log.clone(),
+            "guidance" => None, // see operator_guidance below
+            kind => store
+                .latest_artifact(run.id, stored_kind(kind))
+                .await?
+                .map(|a| a.payload),
+        };
+        if let Some(v) = value {
+            doc.insert(input.clone(), v);
         }
     }
     // A human's word on this run (a gate comment, escalation guidance) reaches every agent
@@ -105,15 +147,9 @@ fn parse_answer(text: &str) -> Result<Value, Vec<ValidationIssue>> {
         .map_err(|e| vec![ValidationIssue::new("", format!("is not valid JSON: {e}"))])
 }
 
-/// Runs `contract` for `run`: one call, then up to [`MAX_REASKS`] corrections.
-pub async fn run_agent(
-    gateway: &Gateway,
-    contracts: &Contracts,
-    run: &Run,
-    contract: &AgentContract,
-    user: String,
-    cancel: &CancellationToken,
-) -> AgentOutcome {
+/// Runs `contract` in `ctx`: one call, then up to [`MAX_REASKS`] corrections.
+pub async fn run_agent(ctx: &StepCtx<'_>, contract: &AgentContract, user: String) -> AgentOutcome {
+    let contracts = ctx.contracts;
     let (Some(kind), Some(schema)) = (
         contract.output.as_deref(),
         contract.output.as_deref().and_then(|k| contracts.schema(k)),
@@ -122,13 +158,6 @@ pub async fn run_agent(
             "agent {} has no output schema; it cannot run as a structured step",
             contract.name
         ));
-    };
-    let meta = CallMeta {
-        agent: contract.name.clone(),
-        run_id: Some(run.id.to_string()),
-        priority: u8::try_from(run.priority.clamp(0, 10)).unwrap_or(5),
-        run_budget_usd: run.budget_usd,
-        cache_opt_in: false,
     };
     let mut messages = vec![
         Message::text(Role::System, contract.prompt.clone()),
@@ -145,15 +174,11 @@ pub async fn run_agent(
             }),
             ..ChatRequest::default()
         };
-        let answer = tokio::select! {
-            r = gateway.chat(&meta, req) => r,
-            () = cancel.cancelled() => return AgentOutcome::Cancelled,
-        };
-        let answer = match answer {
+        let answer = match ctx.chat(contract, req).await {
             Ok(a) => a,
-            Err(e) => {
-                return AgentOutcome::Failed(format!("{}: LLM call failed: {e}", contract.name));
-            }
+            Err(CallError::Cancelled) => return AgentOutcome::Cancelled,
+            Err(CallError::Failed(e)) => return AgentOutcome::Failed(e),
+            Err(CallError::Budget(e)) => return AgentOutcome::Escalate(e),
         };
         let text = answer.content.unwrap_or_default();
         let issues = match parse_answer(&text).and_then(|v| {
@@ -163,7 +188,7 @@ pub async fn run_agent(
             Ok(v) => return AgentOutcome::Artifact(v),
             Err(issues) => issues,
         };
-        tracing::info!(run = %run.id, agent = %contract.name, problems = issues.len(),
+        tracing::info!(run = %ctx.run.id, agent = %contract.name, problems = issues.len(),
             "invalid {kind}; asking again");
         messages.push(Message::text(Role::Assistant, text));
         messages.push(Message::text(Role::User, reask_message(&issues)));
@@ -181,13 +206,15 @@ pub async fn run_agent(
 #[expect(clippy::unwrap_used, reason = "a test should fail loudly")]
 mod tests {
     use super::*;
+    use crate::contracts::Contracts;
 
     #[test]
-    fn order_ends_at_the_first_missing_step() {
+    fn order_follows_the_pipeline() {
         assert_eq!(next_step("PM"), Some("QUALIFIER"));
-        assert_eq!(next_step("QUALIFIER"), Some("ARCHITECT"));
-        assert_eq!(next_step("ARCHITECT"), Some(NOT_IMPLEMENTED));
-        assert_eq!(next_step("DEVELOPER"), None);
+        assert_eq!(next_step("ARCHITECT"), Some("DEVELOPER"));
+        assert_eq!(next_step("JUDGE"), Some("WRITER"));
+        assert_eq!(next_step("WRITER"), None);
+        assert_eq!(next_step("NOPE"), None);
     }
 
     #[test]

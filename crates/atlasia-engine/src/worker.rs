@@ -1,33 +1,41 @@
 //! Workers: each claims a run from the queue, heartbeats its lease in the background and drives
 //! the run through the pipeline from its `current_step` (so a reclaimed run resumes after its
 //! last completed step). Losing the lease — expiry, pause, cancel — cancels the step in progress;
-//! pause is also checked between steps.
-//!
-//! The pipeline is partial: after ARCHITECT a run with autonomy `confirm` waits at the
-//! `architecture_approval` gate (WAITING_GATE), as the design says; any other run is failed
-//! with an explicit "not implemented yet" error rather than reported DONE without code.
+//! pause is also checked between steps. Each step's result is written in one transaction
+//! (artifacts, step row, events, loop counters, next step, and any status change).
 
+use crate::bolt::{self, BoltLimits, Env, StepResult};
 use crate::contracts::Contracts;
-use crate::steps::{AGENT_STEPS, AgentOutcome, FIRST_STEP, NOT_IMPLEMENTED, next_step, run_agent};
-use atlasia_core::{Autonomy, Run, RunId, RunStatus};
+use crate::ctx::StepCtx;
+use crate::forge::LocalForge;
+use crate::policy::PathPolicy;
+use crate::steps::{FIRST_STEP, PIPELINE};
+use atlasia_core::{Autonomy, EventKind, Run, RunId, RunStatus};
 use atlasia_llm::Gateway;
-use atlasia_store::{Store, StoreError};
+use atlasia_store::{StepEnd, Store, StoreError};
+use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The error a run gets when it reaches the first step that does not exist yet.
-pub const NOT_IMPLEMENTED_ERROR: &str =
-    "pipeline stops after ARCHITECT: DEVELOPER is not implemented yet";
+/// The gate a `confirm` run waits at after ARCHITECT.
+pub const ARCHITECTURE_GATE: &str = "architecture_approval";
 
-/// How workers hold and look for runs.
-#[derive(Debug, Clone, Copy)]
+/// How workers hold and look for runs, and where bolts keep their worktrees.
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Lease length; heartbeats run every third of it.
     pub lease: Duration,
     /// Wait between claims when the queue is empty.
     pub poll: Duration,
+    /// Worktrees, imports and build caches live under it.
+    pub data_dir: PathBuf,
+    /// Loop bounds, sandbox limits, developer budget.
+    pub limits: BoltLimits,
+    /// Where writes may go.
+    pub policy: PathPolicy,
 }
 
 impl Default for WorkerConfig {
@@ -35,6 +43,9 @@ impl Default for WorkerConfig {
         Self {
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(500),
+            data_dir: PathBuf::from("data"),
+            limits: BoltLimits::default(),
+            policy: PathPolicy::from_env(),
         }
     }
 }
@@ -46,6 +57,7 @@ pub struct Worker {
     gateway: Arc<Gateway>,
     contracts: Arc<Contracts>,
     config: WorkerConfig,
+    env: Arc<Env>,
     /// This worker's lease owner name, unique per process and worker.
     owner: String,
 }
@@ -67,13 +79,11 @@ impl WorkerPool {
     ) {
         // The pid and start time tell processes apart (also across restarts of one host).
         let stamp = atlasia_core::Timestamp::now().0;
+        let first = Worker::new(store, gateway, contracts, config, String::new());
         for i in 0..n {
             let worker = Worker {
-                store: store.clone(),
-                gateway: gateway.clone(),
-                contracts: contracts.clone(),
-                config,
                 owner: format!("worker-{}-{stamp}-{i}", std::process::id()),
+                ..first.clone()
             };
             let stop = shutdown.clone();
             let tasks = tracker.clone();
@@ -83,8 +93,55 @@ impl WorkerPool {
 }
 
 impl Worker {
+    /// A worker named `owner` (unique among all processes sharing the database).
+    pub fn new(
+        store: Store,
+        gateway: Arc<Gateway>,
+        contracts: Arc<Contracts>,
+        config: WorkerConfig,
+        owner: String,
+    ) -> Self {
+        let env = Arc::new(Env {
+            forge: Arc::new(LocalForge::new(&config.data_dir)),
+            policy: config.policy.clone(),
+            limits: config.limits.clone(),
+            // Verify commands run in the worktree: a relative path would resolve there.
+            cache_dir: std::path::absolute(&config.data_dir)
+                .unwrap_or_else(|_| config.data_dir.clone())
+                .join("cache"),
+        });
+        Self {
+            store,
+            gateway,
+            contracts,
+            config,
+            env,
+            owner,
+        }
+    }
+
+    /// Claims run `id` and drives it until it leaves RUNNING (done, failed, escalated, at a
+    /// gate, paused, cancelled) or `shutdown`; `false` when the run was not claimable.
+    pub async fn drive_one(
+        &self,
+        id: RunId,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let Some(claim) = self
+            .store
+            .claim_run(id, &self.owner, self.config.lease)
+            .await?
+        else {
+            return Ok(false);
+        };
+        self.drive(claim.run, tracker, shutdown).await?;
+        Ok(true)
+    }
+
     /// Claims and drives runs until `shutdown`.
     pub async fn run(self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        let mut queued = self.store.queue_signal();
         while !shutdown.is_cancelled() {
             let claimed = tokio::select! {
                 c = self.store.claim(&self.owner, self.config.lease) => c,
@@ -100,8 +157,10 @@ impl Worker {
                     }
                 }
                 Ok(None) => {
+                    // Woken at once by a run enqueued in this process; by the poll otherwise.
                     tokio::select! {
                         () = tokio::time::sleep(self.config.poll) => {}
+                        _ = queued.changed() => {}
                         () = shutdown.cancelled() => break,
                     }
                 }
@@ -167,61 +226,131 @@ impl Worker {
                 .current_step
                 .clone()
                 .unwrap_or_else(|| FIRST_STEP.into());
-            let Some((_, agent)) = AGENT_STEPS.iter().find(|(s, _)| *s == step) else {
-                let error = if step == NOT_IMPLEMENTED {
-                    NOT_IMPLEMENTED_ERROR.to_owned()
-                } else {
-                    format!("unknown step '{step}'")
-                };
+            let Some(step) = PIPELINE.iter().copied().find(|s| *s == step) else {
+                let error = format!("unknown step '{step}'");
                 self.store.fail_run(id, &self.owner, &error).await?;
                 return Ok(());
             };
-            let Some(contract) = self.contracts.agent(agent) else {
-                let error = format!("no agent contract '{agent}' for step {step}");
-                self.store.fail_run(id, &self.owner, &error).await?;
+            let Some(run) = self.store.start_step(id, &self.owner, step).await? else {
                 return Ok(());
             };
-            let Some(run) = self.store.start_step(id, &self.owner, &step).await? else {
+            let ctx = StepCtx {
+                store: &self.store,
+                gateway: &self.gateway,
+                contracts: &self.contracts,
+                run: &run,
+                owner: &self.owner,
+                step,
+                cancel: held,
+            };
+            let started = std::time::Instant::now();
+            let result = bolt::execute(&ctx, &self.env).await?;
+            metrics::histogram!("workflow_step_duration_seconds", "agent" => step)
+                .record(started.elapsed().as_secs_f64());
+            if !self.record(&run, step, result).await? {
                 return Ok(());
-            };
-            let user = match crate::steps::inputs(&self.store, &run, contract).await {
-                Ok(u) => u,
-                Err(crate::steps::StepError::Store(e)) => return Err(e),
-            };
-            let outcome =
-                run_agent(&self.gateway, &self.contracts, &run, contract, user, held).await;
-            match outcome {
-                AgentOutcome::Cancelled => return Ok(()),
-                AgentOutcome::Failed(error) => {
-                    tracing::warn!(run = %id, %step, %error, "step failed");
-                    self.store.fail_run(id, &self.owner, &error).await?;
-                    return Ok(());
-                }
-                AgentOutcome::Artifact(payload) => {
-                    let kind = contract.output.as_deref().unwrap_or_default();
-                    let next = next_step(&step);
-                    let done = self
-                        .store
-                        .complete_step(id, &self.owner, &step, kind, &payload, next)
-                        .await?;
-                    let Some(done) = done else { return Ok(()) };
-                    tracing::info!(run = %id, %step, kind, "step completed");
-                    if step == "ARCHITECT" && done.autonomy == Autonomy::Confirm {
-                        self.gate(id, "architecture_approval").await?;
-                        return Ok(());
-                    }
-                }
             }
         }
     }
 
-    /// Parks the run at `gate` (WAITING_GATE) and gives up the lease.
-    async fn gate(&self, id: RunId, gate: &str) -> Result<(), StoreError> {
-        let reason = format!("gate {gate}");
-        self.store
-            .release(id, &self.owner, RunStatus::WaitingGate, &reason)
-            .await?;
-        Ok(())
+    /// Writes a step's result; `true` when the run goes on to another step in this worker.
+    async fn record(&self, run: &Run, step: &str, result: StepResult) -> Result<bool, StoreError> {
+        let id = run.id;
+        let owner = &self.owner;
+        let owned = |a: &[(String, Value)]| a.to_vec();
+        match result {
+            StepResult::Cancelled => Ok(false),
+            StepResult::Failed(error) => {
+                tracing::warn!(run = %id, %step, %error, "step failed");
+                self.store.fail_run(id, owner, &error).await?;
+                self.cleanup(run).await;
+                Ok(false)
+            }
+            StepResult::Next {
+                artifacts,
+                next,
+                loops,
+                mut events,
+            } => {
+                let artifacts = owned(&artifacts);
+                let gate = step == "ARCHITECT" && run.autonomy != Autonomy::Autonomous;
+                let release = if gate {
+                    events.push((
+                        EventKind::GateOpened,
+                        json!({"gate": ARCHITECTURE_GATE, "step": next}),
+                    ));
+                    Some((RunStatus::WaitingGate, "gate architecture_approval"))
+                } else {
+                    None
+                };
+                let end = StepEnd {
+                    step,
+                    step_status: "DONE",
+                    artifacts: artifacts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+                    next_step: Some(next),
+                    loops,
+                    events,
+                    release,
+                };
+                let done = self.store.end_step(id, owner, &end).await?;
+                tracing::info!(run = %id, %step, next, gate, "step completed");
+                Ok(done.is_some() && !gate)
+            }
+            StepResult::Done { artifacts, events } => {
+                let end = StepEnd {
+                    step,
+                    step_status: "DONE",
+                    artifacts: artifacts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+                    next_step: None,
+                    loops: None,
+                    events,
+                    release: Some((RunStatus::Done, "pull request ready")),
+                };
+                if self.store.end_step(id, owner, &end).await?.is_some() {
+                    tracing::info!(run = %id, "bolt done");
+                    self.cleanup(run).await;
+                }
+                Ok(false)
+            }
+            StepResult::Escalate {
+                artifacts,
+                reason,
+                resume,
+            } => {
+                let events = vec![(
+                    EventKind::Escalated,
+                    json!({"step": step, "reason": reason, "resume_step": resume}),
+                )];
+                // PROCEED resumes at `resume` with fresh loop-back bounds; the escalation
+                // artifact keeps the counts that led here.
+                let end = StepEnd {
+                    step,
+                    step_status: "ESCALATED",
+                    artifacts: artifacts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+                    next_step: Some(resume),
+                    loops: Some((0, 0)),
+                    events,
+                    release: Some((RunStatus::Escalated, &reason)),
+                };
+                self.store.end_step(id, owner, &end).await?;
+                tracing::info!(run = %id, %step, %reason, "bolt escalated");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Removes a finished bolt's worktree (its branch stays); failures are only logged.
+    async fn cleanup(&self, run: &Run) {
+        let forge = self.env.forge.clone();
+        let id = run.id.to_string();
+        let removed = tokio::task::spawn_blocking(move || match forge.existing(&id) {
+            Some(ws) => forge.remove(&ws),
+            None => Ok(()),
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(run = %run.id, error = %e, "could not remove the worktree");
+        }
     }
 }
 
@@ -234,7 +363,9 @@ async fn heartbeat(
     lease: Duration,
     held: CancellationToken,
 ) {
-    let every = lease / 3;
+    // At most a second apart, so a cancel or pause stops the step promptly even with a long
+    // lease (the beat is one small guarded update).
+    let every = (lease / 3).min(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}

@@ -220,15 +220,15 @@ fn two_runs_get_separate_worktrees_and_branches() {
         .prepare(&repo, b_id, &branch_name(None, b_id))
         .unwrap();
     assert_ne!(a.path, b.path);
-    assert_eq!(a.branch, "ai/run-0190aaaa");
-    assert_eq!(b.branch, "ai/run-0190bbbb");
+    assert_eq!(a.branch, "ai/run-00000001");
+    assert_eq!(b.branch, "ai/run-00000002");
     std::fs::write(a.path.join("only-a.txt"), "a").unwrap();
     forge.commit(&a, "a").unwrap().unwrap();
     assert!(!b.path.join("only-a.txt").exists());
     assert!(forge.diff_stat(&b).unwrap().is_empty());
     let branches = user_git(&repo, &["branch", "--list", "ai/*"]);
     assert!(
-        branches.contains("ai/run-0190aaaa") && branches.contains("ai/run-0190bbbb"),
+        branches.contains("ai/run-00000001") && branches.contains("ai/run-00000002"),
         "{branches}"
     );
 }

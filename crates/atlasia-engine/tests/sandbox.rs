@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use atlasia_engine::sandbox::{CommandSpec, SandboxError, run};
+use atlasia_engine::sandbox::{CommandSpec, SandboxError, run, run_until};
 
 fn spec(cmd: &str, dir: &std::path::Path) -> CommandSpec {
     CommandSpec::new(cmd, dir)
@@ -101,6 +101,52 @@ async fn timeout_kills_the_whole_group() {
         survivors = group_members(pgid);
     }
     assert!(survivors.is_empty(), "group {pgid} still has {survivors:?}");
+}
+
+#[tokio::test]
+async fn cancel_kills_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = "echo $$ > pgid; sleep 1000 & sh -c 'sleep 1000' & echo started; sleep 1000";
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        trigger.cancel();
+    });
+    let started = std::time::Instant::now();
+    let out = run_until(
+        &spec(cmd, dir.path()),
+        Duration::from_secs(600),
+        1024,
+        &cancel,
+    )
+    .await;
+    assert!(matches!(out, Err(SandboxError::Cancelled)), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pgid: u32 = std::fs::read_to_string(dir.path().join("pgid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut survivors = group_members(pgid);
+    for _ in 0..50 {
+        if survivors.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        survivors = group_members(pgid);
+    }
+    assert!(survivors.is_empty(), "group {pgid} still has {survivors:?}");
+    // An already cancelled token runs nothing.
+    let never = run_until(
+        &spec("touch ran", dir.path()),
+        Duration::from_secs(5),
+        64,
+        &cancel,
+    )
+    .await;
+    assert!(matches!(never, Err(SandboxError::Cancelled)));
+    assert!(!dir.path().join("ran").exists());
 }
 
 #[tokio::test]

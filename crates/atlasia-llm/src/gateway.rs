@@ -37,6 +37,8 @@ pub struct CallMeta {
     pub run_budget_usd: Option<f64>,
     /// Cache even when the request is not deterministic by itself.
     pub cache_opt_in: bool,
+    /// The bolt's step (`DEVELOPER`, …), for the ledger and the replay journal.
+    pub step: Option<String>,
 }
 
 /// Why a call produced no answer.
@@ -115,6 +117,7 @@ fn attempt_record(
 ) -> CallRecord {
     CallRecord {
         run_id: meta.run_id.clone(),
+        step: meta.step.clone(),
         agent: meta.agent.clone(),
         provider: provider.to_owned(),
         model: model.to_owned(),
@@ -362,6 +365,19 @@ impl Gateway {
 
     async fn record(&self, rec: CallRecord) {
         self.recorder.record(rec).await;
+    }
+
+    /// What `usage` on `model` (a provider's model id) costs, in USD (0 when unpriced).
+    pub fn cost(&self, model: &str, usage: Usage) -> f64 {
+        self.prices.cost(model, usage)
+    }
+
+    /// The journal key of `req` as `meta`'s caller would send it (after routing): equal keys
+    /// mean equal requests, so a resumed step can find an answer it already paid for.
+    pub fn journal_key(&self, meta: &CallMeta, req: &ChatRequest) -> Result<String, GatewayError> {
+        let mut req = req.clone();
+        req.model = self.route(meta, &req.model)?;
+        Ok(ResponseCache::key(&req))
     }
 
     /// A complete (non-streaming) call.

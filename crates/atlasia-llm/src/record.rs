@@ -7,6 +7,8 @@ use futures::future::BoxFuture;
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallRecord {
     pub run_id: Option<String>,
+    /// The bolt's step, when the call belongs to one.
+    pub step: Option<String>,
     pub agent: String,
     /// Endpoint name (`cache` for a cache hit).
     pub provider: String,

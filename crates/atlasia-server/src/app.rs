@@ -5,12 +5,12 @@
 
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
-use crate::ledger::StoreRecorder;
 use crate::middleware::{observe, tag_route};
 use crate::routes::{admin, decisions, health, metrics, openai, runs};
 use crate::settings::Settings;
 use crate::state::AppState;
 use atlasia_engine::contracts::Contracts;
+use atlasia_engine::ledger::StoreRecorder;
 use atlasia_engine::worker::{WorkerConfig, WorkerPool};
 use atlasia_llm::Gateway;
 use atlasia_store::{Store, StoreError};
@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
     api.layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(from_fn_with_state(timeout, deadline))
         .merge(proxy)
+        .merge(crate::routes::webhooks::router())
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
@@ -149,6 +150,9 @@ impl Application {
             let config = WorkerConfig {
                 lease: Duration::from_millis(settings.engine.lease_ms),
                 poll: Duration::from_millis(settings.engine.poll_ms),
+                data_dir: settings.storage.data_dir.clone(),
+                limits: settings.engine.limits(),
+                policy: atlasia_engine::policy::PathPolicy::from_env(),
             };
             WorkerPool::spawn(
                 settings.engine.workers,
@@ -161,11 +165,13 @@ impl Application {
             );
             tracing::info!(workers = settings.engine.workers, "engine workers started");
         }
+        let github = crate::github::client(&settings.github).map_err(StartError::Setup)?;
         let state = AppState {
             store,
             settings: Arc::new(settings),
             metrics,
             gateway,
+            github,
         };
         Ok(Self {
             listener,

@@ -37,6 +37,12 @@ pub enum ApiError {
     Timeout(u64),
     #[error("internal error")]
     Internal(String),
+    /// A webhook delivery without a valid `X-Hub-Signature-256`.
+    #[error("{0}")]
+    WebhookSignature(&'static str),
+    /// GitHub failed or refused a call made on the client's behalf.
+    #[error("GitHub: {0}")]
+    Github(#[from] atlasia_github::GithubError),
 }
 
 impl ApiError {
@@ -54,6 +60,8 @@ impl ApiError {
             Self::InvalidTransition { .. } | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PoolTimeout | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::WebhookSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::Github(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -73,6 +81,8 @@ impl ApiError {
             Self::PoolTimeout => "db_pool_timeout",
             Self::Timeout(_) => "request_timeout",
             Self::Internal(_) => "internal",
+            Self::WebhookSignature(_) => "invalid_signature",
+            Self::Github(_) => "github_error",
         }
     }
 }

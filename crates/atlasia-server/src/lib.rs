@@ -5,7 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod error;
 pub mod extract;
-pub mod ledger;
+pub mod github;
 pub mod middleware;
 pub mod routes;
 pub mod settings;

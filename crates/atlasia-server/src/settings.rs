@@ -27,28 +27,117 @@ pub struct Settings {
     pub agents: BTreeMap<String, AgentSettings>,
     /// The bolt engine's workers (`[engine]`).
     pub engine: EngineSettings,
+    /// GitHub (`[github]`; the original `GITHUB_*` variables fill it too).
+    pub github: GithubSettings,
+}
+
+/// GitHub: credentials (an App, or a personal access token), the webhook secret, limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GithubSettings {
+    /// REST base (`GITHUB_API_URL`); `https://HOST/api/v3` on GitHub Enterprise Server.
+    pub api_url: String,
+    /// Where git clones from; default derived from `api_url` (api.github.com → github.com).
+    pub git_url: Option<String>,
+    /// The GitHub App's id (`GITHUB_APP_ID`).
+    pub app_id: Option<u64>,
+    /// The App's private key, PEM (`GITHUB_PRIVATE_KEY_PATH`).
+    pub private_key_path: Option<PathBuf>,
+    /// The App installation on the organisation or account (`GITHUB_INSTALLATION_ID`).
+    pub installation_id: Option<u64>,
+    /// A personal access token instead of an App (`GITHUB_TOKEN`); the App wins when both are set.
+    #[serde(serialize_with = "mask_secret")]
+    pub token: Option<SecretString>,
+    /// Verifies `X-Hub-Signature-256` (`GITHUB_WEBHOOK_SECRET`); unset: every delivery is refused.
+    #[serde(serialize_with = "mask_secret")]
+    pub webhook_secret: Option<SecretString>,
+    /// Per attempt.
+    pub request_timeout_ms: u64,
+    /// Attempts per call for 5xx and network failures, the first included.
+    pub retry_attempts: u32,
+    /// The longest rate-limit wait honoured; a longer one fails the call.
+    pub max_rate_limit_wait_ms: u64,
+    /// The longest wait for a commit's check runs to complete.
+    pub check_wait_ms: u64,
+    /// No check run by then means the repository has none.
+    pub check_grace_ms: u64,
+    /// First check-runs poll interval (doubles, with jitter, up to `check_poll_max_ms`).
+    pub check_poll_ms: u64,
+    pub check_poll_max_ms: u64,
+    /// Recent issue comments read into a run created from an issue.
+    pub context_comments: usize,
+}
+
+impl Default for GithubSettings {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.github.com".into(),
+            git_url: None,
+            app_id: None,
+            private_key_path: None,
+            installation_id: None,
+            token: None,
+            webhook_secret: None,
+            request_timeout_ms: 30_000,
+            retry_attempts: 3,
+            max_rate_limit_wait_ms: 60_000,
+            check_wait_ms: 30 * 60_000,
+            check_grace_ms: 60_000,
+            check_poll_ms: 10_000,
+            check_poll_max_ms: 60_000,
+            context_comments: 20,
+        }
+    }
 }
 
 /// The workers that execute runs in this process.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSettings {
-    /// Workers claiming runs (`ATLASIA_ENGINE__WORKERS`). Default 0 while the pipeline stops
-    /// after ARCHITECT: a server does not pick up runs it cannot finish unless asked to.
+    /// Workers claiming runs in this process (`ATLASIA_ENGINE__WORKERS`; 0 = API only).
     pub workers: usize,
     /// A worker's lease on a run; heartbeats run every third of it, and a run whose worker
     /// died is reclaimed after it expires.
     pub lease_ms: u64,
     /// Wait between claims while the queue is empty.
     pub poll_ms: u64,
+    /// Loop-backs allowed from REVIEW to DEVELOPER before the bolt escalates.
+    pub review_loops: u32,
+    /// Loop-backs allowed from TESTER to DEVELOPER (the fix loop) before the bolt escalates.
+    pub fix_loops: u32,
+    /// Time limit of one verify command; its whole process group is killed past it.
+    pub verify_timeout_secs: u64,
+    /// Output kept per verify command (the tail), in bytes.
+    pub output_cap_bytes: usize,
+    /// Tokens (input + output) the developer may spend on one iteration.
+    pub developer_max_tokens: u64,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
+        let limits = atlasia_engine::bolt::BoltLimits::default();
         Self {
-            workers: 0,
+            workers: 4,
             lease_ms: 30_000,
             poll_ms: 500,
+            review_loops: limits.review_loops,
+            fix_loops: limits.fix_loops,
+            verify_timeout_secs: limits.verify_timeout.as_secs(),
+            output_cap_bytes: limits.output_cap,
+            developer_max_tokens: limits.developer_max_tokens,
+        }
+    }
+}
+
+impl EngineSettings {
+    /// The engine's limits from these settings.
+    pub fn limits(&self) -> atlasia_engine::bolt::BoltLimits {
+        atlasia_engine::bolt::BoltLimits {
+            review_loops: self.review_loops,
+            fix_loops: self.fix_loops,
+            verify_timeout: std::time::Duration::from_secs(self.verify_timeout_secs),
+            output_cap: self.output_cap_bytes,
+            developer_max_tokens: self.developer_max_tokens,
         }
     }
 }
@@ -235,6 +324,7 @@ impl Settings {
             );
         let mut settings: Settings = fig.extract().map_err(from_figment)?;
         settings.apply_legacy_llm_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
+        settings.apply_github_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -322,6 +412,7 @@ impl Settings {
         self.llm
             .validate()
             .map_err(|(key, reason)| SettingsError { key, reason })?;
+        self.validate_github()?;
         if Backend::of_url(&self.db_url()).is_none() {
             return Err(SettingsError::new(
                 "database.url",
@@ -380,6 +471,86 @@ impl Settings {
         let mut shown = self.clone();
         shown.database.url = Some(self.db_url());
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl Settings {
+    /// The original `GITHUB_*` variables, read as plain strings (a secret of digits stays a
+    /// string); they override `[github]`.
+    pub fn apply_github_env(
+        &mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), SettingsError> {
+        let number = |name: &str| -> Result<Option<u64>, SettingsError> {
+            var(name)
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| SettingsError::new(name, "must be a number"))
+                })
+                .transpose()
+        };
+        let g = &mut self.github;
+        if let Some(v) = number("GITHUB_APP_ID")? {
+            g.app_id = Some(v);
+        }
+        if let Some(v) = number("GITHUB_INSTALLATION_ID")? {
+            g.installation_id = Some(v);
+        }
+        if let Some(v) = var("GITHUB_PRIVATE_KEY_PATH") {
+            g.private_key_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = var("GITHUB_TOKEN") {
+            g.token = Some(SecretString::from(v));
+        }
+        if let Some(v) = var("GITHUB_WEBHOOK_SECRET") {
+            g.webhook_secret = Some(SecretString::from(v));
+        }
+        if let Some(v) = var("GITHUB_API_URL") {
+            g.api_url = v;
+        }
+        Ok(())
+    }
+
+    fn validate_github(&self) -> Result<(), SettingsError> {
+        let g = &self.github;
+        let app = [
+            g.app_id.is_some(),
+            g.private_key_path.is_some(),
+            g.installation_id.is_some(),
+        ];
+        if app.contains(&true) && app.contains(&false) {
+            return Err(SettingsError::new(
+                "github.app_id",
+                "a GitHub App needs app_id, private_key_path and installation_id together",
+            ));
+        }
+        let url = g.api_url.trim();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(SettingsError::new(
+                "github.api_url",
+                "must start with https:// or http://",
+            ));
+        }
+        for (key, v) in [
+            ("github.request_timeout_ms", g.request_timeout_ms),
+            ("github.retry_attempts", u64::from(g.retry_attempts)),
+            ("github.check_poll_ms", g.check_poll_ms),
+        ] {
+            if v == 0 {
+                return Err(SettingsError::new(key, "must be greater than 0"));
+            }
+        }
+        if g.webhook_secret
+            .as_ref()
+            .is_some_and(|s| s.expose_secret().is_empty())
+        {
+            return Err(SettingsError::new(
+                "github.webhook_secret",
+                "must not be empty",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -448,6 +619,41 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://./data/a.db"), "sqlite://./data/a.db");
+    }
+
+    #[test]
+    fn github_variables_fill_the_section_and_secrets_stay_masked() {
+        let env = |k: &str| match k {
+            "GITHUB_APP_ID" => Some("12345".to_owned()),
+            "GITHUB_PRIVATE_KEY_PATH" => Some("/keys/app.pem".to_owned()),
+            "GITHUB_INSTALLATION_ID" => Some("678".to_owned()),
+            "GITHUB_TOKEN" => Some("ghp_secret_token_value".to_owned()),
+            "GITHUB_WEBHOOK_SECRET" => Some("12345678".to_owned()),
+            "GITHUB_API_URL" => Some("http://127.0.0.1:9".to_owned()),
+            _ => None,
+        };
+        let mut s = Settings::default();
+        assert_eq!(s.apply_github_env(env), Ok(()));
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(
+            (s.github.app_id, s.github.installation_id),
+            (Some(12345), Some(678))
+        );
+        assert_eq!(s.github.api_url, "http://127.0.0.1:9");
+        let shown = s.to_masked_toml();
+        assert!(!shown.contains("ghp_secret_token_value"), "{shown}");
+        assert!(!shown.contains("12345678"), "{shown}");
+        assert!(
+            shown.contains("[github]") && shown.contains("app_id = 12345"),
+            "{shown}"
+        );
+
+        let mut s = Settings::default();
+        let bad = s.apply_github_env(|k| (k == "GITHUB_APP_ID").then(|| "abc".into()));
+        assert_eq!(bad.map_err(|e| e.key), Err("GITHUB_APP_ID".to_owned()));
+        let mut s = Settings::default();
+        s.github.app_id = Some(1);
+        assert_eq!(s.validate().map_err(|e| e.key), Err("github.app_id".into()));
     }
 
     #[test]

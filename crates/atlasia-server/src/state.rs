@@ -15,4 +15,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The LLM gateway (the proxy and, later, the engine call through it).
     pub gateway: Arc<Gateway>,
+    /// The GitHub client, when `[github]` has credentials.
+    pub github: Option<atlasia_github::GithubClient>,
 }

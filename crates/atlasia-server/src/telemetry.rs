@@ -52,6 +52,7 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    atlasia_github::metrics::describe();
     describe_histogram!(
         "http_server_requests_seconds",
         Unit::Seconds,
@@ -94,8 +95,14 @@ fn describe() {
 
 /// Sets up logs on stderr: `text` for people, `json` for collectors. `RUST_LOG` refines.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    init_logs_with(format, "info,sqlx=warn,tower_http=warn");
+}
+
+/// [`init_logs`] with another default filter (`RUST_LOG` still wins): `atlasia run` shows its
+/// own progress and only wants warnings in between.
+pub fn init_logs_with(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -349,6 +349,8 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
     let choice = parse_choice(o, &tools)?;
 
     let mut last_user = String::new();
+    let mut first_user: Option<String> = None;
+    let mut tool_turns = 0;
     let mut tool_names: HashMap<String, String> = HashMap::new();
     let mut tool_result = None;
     for (i, m) in messages.iter().enumerate() {
@@ -381,6 +383,7 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
         };
         tool_result = None;
         let mut text = Vec::new();
+        let mut calls_tools = false;
         for (j, b) in blocks.iter().enumerate() {
             let path = format!("messages.{i}.content.{j}");
             match b.get("type").and_then(Value::as_str) {
@@ -402,6 +405,7 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
                         .and_then(Value::as_str)
                         .ok_or_else(|| required(&format!("{path}.name")))?;
                     tool_names.insert(id.to_owned(), name.to_owned());
+                    calls_tools = true;
                     input_chars += b.get("input").map_or(0, |x| x.to_string().chars().count());
                 }
                 Some("tool_result") => {
@@ -431,9 +435,15 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
         }
         if role == "user" && tool_result.is_none() {
             last_user = text.join("\n");
+            if first_user.is_none() {
+                first_user = Some(last_user.clone());
+            }
         }
         if role == "assistant" {
             tool_result = None;
+            if calls_tools {
+                tool_turns += 1;
+            }
         }
     }
     Ok(Chat {
@@ -443,6 +453,9 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
         max_tokens: Some(max_tokens),
         input_chars,
         last_user,
+        first_user: first_user.unwrap_or_default(),
+        tool_turns,
+        schema_name: None,
         tool_result,
         tools,
         choice,

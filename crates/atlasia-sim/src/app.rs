@@ -48,7 +48,7 @@ pub fn router(cfg: SimConfig) -> Router {
 
 fn build(cfg: SimConfig, stop: CancellationToken) -> Router {
     let state = Arc::new(Shared {
-        window: RateWindow::new(cfg.rate_limit_rpm),
+        window: RateWindow::new(cfg.rate_limit_rpm, cfg.rate_limit_tpm),
         cfg,
         stats: Stats::default(),
         seq: AtomicU64::new(0),

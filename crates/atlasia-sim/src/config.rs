@@ -1,5 +1,5 @@
 //! What a simulator instance is told at start: auth, the server-wide fault plan (fault spec,
-//! failure rate, first-n failures, latency, a requests-per-minute limit) and the seed that makes
+//! failure rate, first-n failures, latency, requests- and tokens-per-minute limits) and the seed that makes
 //! every random choice repeatable.
 
 use crate::faults::FaultSpec;
@@ -31,6 +31,10 @@ pub struct SimConfig {
     /// Model requests allowed per one-minute window; beyond it, 429 with `Retry-After` set
     /// to the window's end. `None`: unlimited (the headers still report a nominal limit).
     pub rate_limit_rpm: Option<u32>,
+    /// Tokens (input + output of answered requests) allowed per one-minute window; once the
+    /// window has used them, 429 with `Retry-After` set to the window's end. `None`: unlimited
+    /// (the headers still report a nominal limit).
+    pub rate_limit_tpm: Option<u64>,
     /// `Retry-After` of injected 429s, unless the request's `X-Sim-Retry-After` says otherwise.
     pub retry_after: Duration,
     /// The longest a `stall` fault holds a request, so that nothing hangs forever.
@@ -49,6 +53,7 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             latency_jitter: Duration::ZERO,
             rate_limit_rpm: None,
+            rate_limit_tpm: None,
             retry_after: Duration::from_secs(1),
             stall_max: Duration::from_secs(600),
         }
@@ -64,6 +69,8 @@ pub enum ConfigError {
     FailStatus(u16),
     #[error("rate-limit-rpm must be at least 1")]
     RateLimit,
+    #[error("rate-limit-tpm must be at least 1")]
+    TokenLimit,
     #[error("api-key must not be empty")]
     EmptyKey,
 }
@@ -79,6 +86,9 @@ impl SimConfig {
         }
         if self.rate_limit_rpm == Some(0) {
             return Err(ConfigError::RateLimit);
+        }
+        if self.rate_limit_tpm == Some(0) {
+            return Err(ConfigError::TokenLimit);
         }
         if self.api_key.as_deref() == Some("") {
             return Err(ConfigError::EmptyKey);
@@ -114,5 +124,10 @@ mod tests {
             ..SimConfig::default()
         };
         assert_eq!(zero_rpm.validate(), Err(ConfigError::RateLimit));
+        let zero_tpm = SimConfig {
+            rate_limit_tpm: Some(0),
+            ..SimConfig::default()
+        };
+        assert_eq!(zero_tpm.validate(), Err(ConfigError::TokenLimit));
     }
 }

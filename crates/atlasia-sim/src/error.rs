@@ -29,7 +29,7 @@ pub enum SimError {
     /// The route exists but not for this method.
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// Too many requests: injected, or beyond `--rate-limit-rpm`.
+    /// Too many requests: injected, or beyond `--rate-limit-rpm` / `--rate-limit-tpm`.
     #[error("rate limit reached; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: Duration },
     /// An injected 529 (Anthropic's "overloaded").

@@ -13,6 +13,12 @@
 //! ends with a tool result gets a note of the result's length; anything else gets
 //! `[sim-llm] …` text derived from the last user message. Tokens are characters / 4.
 //!
+//! Engine agents get agent-aware answers ([`script`]): when the first user message is the
+//! engine's JSON document (`issue`, `iteration`, `persona`, `voter`), reviewers, judge voters,
+//! the qualifier, the writer and the tester answer consistently with the engine's semantic rules,
+//! and the developer's tool loop plays the tool calls scripted in the issue body
+//! (`<!-- atlasia-sim {json} -->`), then calls `finish`.
+//!
 //! Faults apply to the two model routes. A request's `X-Sim-Fault` header (`429`, `500`,
 //! `502`, `503`, `529`, `auth`, `stall`, `malformed`, `cut=<n>`, `latency=<ms>`, `none`;
 //! comma-separated) wins over the server's settings ([`SimConfig::fault`], `fail_first`,
@@ -37,6 +43,7 @@ mod pipeline;
 mod ratelimit;
 mod reply;
 mod schema_gen;
+pub mod script;
 mod stats;
 mod stream;
 

@@ -356,10 +356,12 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
     };
     let tools = parse_tools(o)?;
     let choice = parse_choice(o, &tools)?;
-    let format = parse_format(o)?;
+    let (format, schema_name) = parse_format(o)?;
 
     let mut input_chars = 0;
     let mut last_user = String::new();
+    let mut first_user: Option<String> = None;
+    let mut tool_turns = 0;
     let mut call_names: HashMap<String, String> = HashMap::new();
     let mut tool_result = None;
     for (i, m) in messages.iter().enumerate() {
@@ -391,9 +393,17 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
         tool_result = None;
         match role {
             "system" | "developer" | "function" => {}
-            "user" => last_user = text,
+            "user" => {
+                if first_user.is_none() {
+                    first_user = Some(text.clone());
+                }
+                last_user = text;
+            }
             "assistant" => {
                 if let Some(Value::Array(calls)) = m.get("tool_calls") {
+                    if !calls.is_empty() {
+                        tool_turns += 1;
+                    }
                     for call in calls {
                         let f = call.get("function");
                         let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
@@ -432,6 +442,9 @@ fn parse(body: &[u8]) -> Result<Chat, SimError> {
         max_tokens,
         input_chars,
         last_user,
+        first_user: first_user.unwrap_or_default(),
+        tool_turns,
+        schema_name,
         tool_result,
         tools,
         choice,
@@ -533,22 +546,23 @@ fn parse_choice(o: &Map<String, Value>, tools: &[Tool]) -> Result<ToolChoice, Si
     Ok(choice)
 }
 
-fn parse_format(o: &Map<String, Value>) -> Result<Format, SimError> {
+/// The response format, with the name of a `json_schema` format.
+fn parse_format(o: &Map<String, Value>) -> Result<(Format, Option<String>), SimError> {
     let Some(rf) = o.get("response_format").filter(|v| !v.is_null()) else {
-        return Ok(Format::Text);
+        return Ok((Format::Text, None));
     };
     match rf.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(Format::Text),
-        Some("json_object") => Ok(Format::JsonObject),
+        Some("text") => Ok((Format::Text, None)),
+        Some("json_object") => Ok((Format::JsonObject, None)),
         Some("json_schema") => {
             let js = rf
                 .get("json_schema")
                 .and_then(Value::as_object)
                 .ok_or_else(|| SimError::missing("response_format.json_schema"))?;
-            if js.get("name").and_then(Value::as_str).is_none() {
+            let Some(name) = js.get("name").and_then(Value::as_str) else {
                 return Err(SimError::missing("response_format.json_schema.name"));
-            }
-            Ok(match js.get("schema") {
+            };
+            let format = match js.get("schema") {
                 Some(schema @ Value::Object(_)) => Format::JsonSchema(schema.clone()),
                 None | Some(Value::Null) => Format::JsonObject,
                 Some(_) => {
@@ -557,7 +571,8 @@ fn parse_format(o: &Map<String, Value>) -> Result<Format, SimError> {
                         "expected an object",
                     ));
                 }
-            })
+            };
+            Ok((format, Some(name.to_owned())))
         }
         Some(other) => Err(SimError::invalid(
             "response_format.type",

@@ -2,7 +2,7 @@
 //! a forced or requested tool call, a schema-valid JSON document, a note about a tool result,
 //! or a short text derived from the last user message. Token counts are characters / 4.
 
-use crate::schema_gen;
+use crate::{schema_gen, script};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +19,13 @@ pub(crate) struct Chat {
     pub input_chars: usize,
     /// The text of the last user message ("" when there is none).
     pub last_user: String,
+    /// The text of the first user message ("" when there is none): the engine's JSON document
+    /// (issue, iteration, persona…) that agent-aware answers read.
+    pub first_user: String,
+    /// How many assistant turns in the conversation carry tool calls.
+    pub tool_turns: usize,
+    /// The name of the requested structured output (OpenAI `response_format.json_schema.name`).
+    pub schema_name: Option<String>,
     /// Set when the conversation ends with a tool result.
     pub tool_result: Option<ToolResult>,
     /// Tools offered, in order.
@@ -95,20 +102,14 @@ pub(crate) struct Reply {
 
 /// The deterministic answer to `chat`.
 pub(crate) fn reply(chat: &Chat) -> Reply {
-    let input_tokens = tokens(chat.input_chars);
-    let call = |tool: &Tool| {
-        let arguments = schema_gen::instance(&tool.schema);
-        let chars = tool.name.chars().count() + arguments.to_string().chars().count();
-        Reply {
-            output: Output::ToolCall {
-                name: tool.name.clone(),
-                arguments,
-            },
-            finish: Finish::ToolCall,
-            input_tokens,
-            output_tokens: tokens(chars),
-        }
-    };
+    if let Some(output) = scripted(chat) {
+        return match output {
+            Output::ToolCall { name, arguments } => call_reply(chat, name, arguments),
+            Output::Text(text) => text_reply(chat, text),
+        };
+    }
+    let call =
+        |tool: &Tool| call_reply(chat, tool.name.clone(), schema_gen::instance(&tool.schema));
     let forced = match &chat.choice {
         ToolChoice::Named(name) => chat.tools.iter().find(|t| &t.name == name),
         ToolChoice::Any => asked_for(chat).or(chat.tools.first()),
@@ -129,14 +130,57 @@ pub(crate) fn reply(chat: &Chat) -> Reply {
             wrap(format, answer_text(&chat.last_user))
         }
     };
+    text_reply(chat, text)
+}
+
+/// A tool call, with its accounting.
+fn call_reply(chat: &Chat, name: String, arguments: Value) -> Reply {
+    let chars = name.chars().count() + arguments.to_string().chars().count();
+    Reply {
+        output: Output::ToolCall { name, arguments },
+        finish: Finish::ToolCall,
+        input_tokens: tokens(chat.input_chars),
+        output_tokens: tokens(chars),
+    }
+}
+
+/// A text answer cut to `max_tokens`, with its accounting.
+fn text_reply(chat: &Chat, text: String) -> Reply {
     let (text, finish) = truncate(text, chat.max_tokens);
     let output_tokens = tokens(text.chars().count());
     Reply {
         output: Output::Text(text),
         finish,
-        input_tokens,
+        input_tokens: tokens(chat.input_chars),
         output_tokens,
     }
+}
+
+/// The agent-aware answer (see [`script`]) when the conversation is an engine agent's: the
+/// first user message is the engine's JSON document, and the request is a structured output the
+/// simulator knows (forced tool or `json_schema` response format) or the developer's tool loop
+/// (a `finish` tool offered, tools allowed). `None` for every other request.
+fn scripted(chat: &Chat) -> Option<Output> {
+    let ctx = script::Context::parse(&chat.first_user)?;
+    if let ToolChoice::Named(name) = &chat.choice {
+        let tool = chat.tools.iter().find(|t| &t.name == name)?;
+        let arguments = script::structured(&ctx, name, &tool.schema)?;
+        return Some(Output::ToolCall {
+            name: name.clone(),
+            arguments,
+        });
+    }
+    if let (Format::JsonSchema(schema), Some(name)) = (&chat.format, &chat.schema_name) {
+        let value = script::structured(&ctx, name, schema)?;
+        return Some(Output::Text(value.to_string()));
+    }
+    if matches!(chat.choice, ToolChoice::Auto | ToolChoice::Any)
+        && chat.tools.iter().any(|t| t.name == "finish")
+    {
+        let (name, arguments) = script::developer(&ctx, chat.tool_turns);
+        return Some(Output::ToolCall { name, arguments });
+    }
+    None
 }
 
 /// The tool the last user message asks for with `call <name>` (case-insensitive).
@@ -252,6 +296,9 @@ mod tests {
             max_tokens: None,
             input_chars: last_user.chars().count(),
             last_user: last_user.into(),
+            first_user: last_user.into(),
+            tool_turns: 0,
+            schema_name: None,
             tool_result: None,
             tools: vec![Tool {
                 name: "read_file".into(),

@@ -65,7 +65,7 @@ impl Stats {
         self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request refused by `--rate-limit-rpm`.
+    /// A request refused by `--rate-limit-rpm` or `--rate-limit-tpm`.
     pub(crate) fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }

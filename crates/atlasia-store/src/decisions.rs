@@ -94,6 +94,9 @@ impl Store {
                 row
             });
             if let Some(r) = row {
+                if to == atlasia_core::RunStatus::Pending {
+                    self.wake_workers();
+                }
                 return r.try_into();
             }
         }

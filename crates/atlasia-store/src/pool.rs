@@ -61,6 +61,9 @@ pub struct Store {
     waiting: Arc<AtomicU32>,
     acquire_timeout: Duration,
     max_connections: u32,
+    /// Bumped whenever this process makes a run claimable, so idle workers claim at once
+    /// instead of at their next poll (other processes still find it by polling).
+    queued: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Pool occupancy at one instant.
@@ -142,7 +145,18 @@ impl Store {
             waiting: Arc::new(AtomicU32::new(0)),
             acquire_timeout: opts.acquire_timeout,
             max_connections: opts.max_connections,
+            queued: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
+    }
+
+    /// A receiver that changes whenever this process makes a run claimable.
+    pub fn queue_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queued.subscribe()
+    }
+
+    /// Wakes idle workers: a run became claimable.
+    pub(crate) fn wake_workers(&self) {
+        self.queued.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Applies any migration not yet applied. Safe to call on every start and concurrently.

@@ -35,6 +35,13 @@ const TAKE: &str = "UPDATE workflow_runs SET status = 'RUNNING', lease_owner = $
     lease_expires_at = $2, started_at = COALESCE(started_at, $3), updated_at = $3, \
     last_event_seq = last_event_seq + 1 WHERE id = $4 RETURNING *";
 
+/// [`TAKE`], only while the run is still claimable: the update re-checks the row under its lock,
+/// so two processes claiming the same run by id cannot both win.
+const TAKE_IF_CLAIMABLE: &str = "UPDATE workflow_runs SET status = 'RUNNING', lease_owner = $1, \
+    lease_expires_at = $2, started_at = COALESCE(started_at, $3), updated_at = $3, \
+    last_event_seq = last_event_seq + 1 WHERE id = $4 AND (status = 'PENDING' OR \
+    (status = 'RUNNING' AND lease_expires_at < $3)) RETURNING *";
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -100,6 +107,71 @@ impl Store {
                 c
             }
         };
+        claimed
+            .map(|(row, reclaimed)| {
+                Ok(Claim {
+                    run: row.try_into()?,
+                    reclaimed,
+                })
+            })
+            .transpose()
+    }
+
+    /// Claims run `id` for `owner` when it is PENDING (or RUNNING under an expired lease), like
+    /// [`Store::claim`] but for one chosen run: `atlasia run` drives its own bolt and leaves the
+    /// rest of the queue to the servers.
+    pub async fn claim_run(
+        &self,
+        id: RunId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        let now = Timestamp::now().0;
+        let id_text = id.to_string();
+        let claimed: Option<(RunRow, bool)> = crate::pool::on_pool!(self, |p| {
+            let _permit = self.write_permit().await?;
+            let mut tx = acquire!(self, p, tx);
+            let found: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT status, lease_owner FROM workflow_runs WHERE id = $1 AND \
+                 (status = 'PENDING' OR (status = 'RUNNING' AND lease_expires_at < $2))",
+            )
+            .bind(&id_text)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let taken = match found {
+                None => None,
+                Some((status, previous_owner)) => {
+                    let row: Option<RunRow> = sqlx::query_as(TAKE_IF_CLAIMABLE)
+                        .bind(owner)
+                        .bind(now.saturating_add(millis(lease)))
+                        .bind(now)
+                        .bind(&id_text)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(row) = row else {
+                        return Ok(None);
+                    };
+                    let reclaimed = status == "RUNNING";
+                    let (kind, data) = if reclaimed {
+                        (
+                            EventKind::LeaseClaimed,
+                            json!({"owner": owner, "reclaimed": true, "previous_owner": previous_owner}),
+                        )
+                    } else {
+                        (
+                            EventKind::StatusChanged,
+                            json!({"from": RunStatus::Pending, "to": RunStatus::Running,
+                                "reason": "claimed", "owner": owner}),
+                        )
+                    };
+                    insert_event!(&mut *tx, &id_text, row.last_event_seq, kind, data, now);
+                    Some((row, reclaimed))
+                }
+            };
+            tx.commit().await?;
+            taken
+        });
         claimed
             .map(|(row, reclaimed)| {
                 Ok(Claim {

@@ -107,6 +107,7 @@ impl Store {
             tx.commit().await?;
             row
         });
+        self.wake_workers();
         row.try_into()
     }
 
@@ -240,6 +241,9 @@ impl Store {
             tx.commit().await?;
             row
         });
+        if to == RunStatus::Pending && row.is_some() {
+            self.wake_workers();
+        }
         row.map(Run::try_from).transpose()
     }
 
@@ -284,6 +288,9 @@ impl Store {
             tx.commit().await?;
             moved.len()
         });
+        if to == RunStatus::Pending && count > 0 {
+            self.wake_workers();
+        }
         Ok(count as u64)
     }
 

@@ -21,6 +21,48 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `atlasia run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The repository: a git repository's top folder, or a plain folder (imported into a
+    /// scratch repository under the data directory; the folder itself is never changed).
+    #[arg(long, value_name = "PATH")]
+    pub repo: PathBuf,
+    /// The issue as Markdown: first line `# Title`, then the body.
+    #[arg(long, value_name = "FILE.md")]
+    pub issue: PathBuf,
+    /// The issue's number (names the branch `ai/issue-<n>` and adds `Closes #<n>`).
+    #[arg(long, value_name = "N")]
+    pub issue_number: Option<i64>,
+    /// 0–10, higher first (default 5).
+    #[arg(long, value_name = "0-10")]
+    pub priority: Option<i32>,
+    /// `autonomous` (default), `confirm` (stop at the architecture gate) or `observe`.
+    #[arg(long, value_enum)]
+    pub autonomy: Option<AutonomyArg>,
+    /// Hard spending cap for this bolt, in USD.
+    #[arg(long, value_name = "USD")]
+    pub budget_usd: Option<f64>,
+}
+
+/// Autonomy levels.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AutonomyArg {
+    Autonomous,
+    Confirm,
+    Observe,
+}
+
+impl From<AutonomyArg> for atlasia_core::Autonomy {
+    fn from(a: AutonomyArg) -> Self {
+        match a {
+            AutonomyArg::Autonomous => Self::Autonomous,
+            AutonomyArg::Confirm => Self::Confirm,
+            AutonomyArg::Observe => Self::Observe,
+        }
+    }
+}
+
 /// Log formats.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormatArg {
@@ -41,6 +83,11 @@ impl From<LogFormatArg> for LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run one bolt on a local repository in this process, with live progress; then print the
+    /// branch, the pull request, the diff stat, the tests and the cost. Without a configured
+    /// LLM the built-in simulator answers. Exit 0 done, 3 escalated or at a gate, 1 failed,
+    /// 2 bad input.
+    Run(RunArgs),
     /// Run the HTTP API (migrates the database first). Stops cleanly on SIGINT/SIGTERM.
     Serve(ServeArgs),
     /// Apply database migrations and exit.
@@ -153,6 +200,10 @@ pub struct SimLlmArgs {
     /// Model requests allowed per minute; beyond that, 429 with Retry-After to the window end.
     #[arg(long, value_name = "N")]
     pub rate_limit_rpm: Option<u32>,
+    /// Tokens (input + output) allowed per minute; once used, 429 with Retry-After to the
+    /// window end.
+    #[arg(long, value_name = "N")]
+    pub rate_limit_tpm: Option<u64>,
     /// Retry-After of injected 429s, in seconds (a request's X-Sim-Retry-After wins).
     #[arg(long, value_name = "SECS", default_value_t = 1)]
     pub retry_after_secs: u64,

@@ -35,14 +35,19 @@ impl CliError {
     }
 }
 
-/// Runs the parsed command.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs the parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(f) = cli.log_format {
         settings.server.log_format = f.into();
     }
-    atlasia_server::telemetry::init_logs(settings.server.log_format);
-    match cli.command {
+    let default_filter = match cli.command {
+        Command::Run(_) => "warn,atlasia_engine=warn",
+        _ => "info,sqlx=warn,tower_http=warn",
+    };
+    atlasia_server::telemetry::init_logs_with(settings.server.log_format, default_filter);
+    let done = match cli.command {
+        Command::Run(args) => return crate::run_cmd::run(settings, args).await,
         Command::Serve(args) => {
             if let Some(b) = args.bind {
                 settings.server.bind = b;
@@ -74,7 +79,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Admin(AdminCommand::Token(cmd)) => token(settings, cmd).await,
         Command::SimLlm(args) => sim_llm(args).await,
-    }
+    };
+    done.map(|()| 0)
 }
 
 /// Where a local server listens according to the settings (wildcard binds probed on loopback).
@@ -89,14 +95,20 @@ fn default_server_url(settings: &Settings) -> Option<String> {
     Some(format!("http://{addr}"))
 }
 
-async fn open_store(settings: &Settings) -> Result<Store, CliError> {
+pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
     let store = Store::connect(&settings.db_options()).await?;
     store.migrate().await?;
     Ok(store)
 }
 
-async fn serve(settings: Settings) -> Result<(), CliError> {
+async fn serve(mut settings: Settings) -> Result<(), CliError> {
     let backend = atlasia_store::Backend::of_url(&settings.db_url()).map_or("?", |b| b.as_str());
+    let sim_tasks = tokio_util::task::TaskTracker::new();
+    let sim_stop = CancellationToken::new();
+    if let Some(banner) = crate::offline::ensure_llm(&mut settings, &sim_tasks, &sim_stop).await? {
+        // A log event (so JSON logs stay JSON); stdout's first line stays the address.
+        tracing::warn!(simulator = true, "{banner}");
+    }
     let app = Application::build(settings).await?;
     let addr = app.local_addr()?;
     // The first stdout line tells scripts and tests where we listen (useful with port 0).
@@ -111,6 +123,9 @@ async fn serve(settings: Settings) -> Result<(), CliError> {
         trigger.cancel();
     });
     app.run_until_stopped(shutdown).await?;
+    sim_stop.cancel();
+    sim_tasks.close();
+    sim_tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -179,6 +194,7 @@ async fn sim_llm(args: crate::cli::SimLlmArgs) -> Result<(), CliError> {
         latency: Duration::from_millis(args.latency_ms),
         latency_jitter: Duration::from_millis(args.latency_jitter_ms),
         rate_limit_rpm: args.rate_limit_rpm,
+        rate_limit_tpm: args.rate_limit_tpm,
         retry_after: Duration::from_secs(args.retry_after_secs),
         stall_max: Duration::from_secs(args.stall_max_secs),
     };

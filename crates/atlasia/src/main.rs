@@ -1,9 +1,12 @@
 //! The `atlasia` command line. Boring on purpose: parse arguments, load settings, set up logs,
-//! hand over to the command. Exit codes: 0 success, 1 failure, 2 bad input or settings.
+//! hand over to the command. Exit codes: 0 success, 1 failure, 2 bad input or settings (and
+//! `run`'s 3: the bolt needs a human).
 
 mod cli;
 mod commands;
 mod doctor;
+mod offline;
+mod run_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -23,7 +26,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())

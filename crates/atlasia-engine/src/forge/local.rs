@@ -1,5 +1,5 @@
 //! The local forge: each bolt works in its own git worktree under `<data_dir>/worktrees/<run_id>`
-//! on branch `ai/issue-<n>` (or `ai/run-<8 hex>`), created from the repository's HEAD commit
+//! on branch `ai/issue-<n>` (or `ai/run-<last 8 hex of the run id>`), created from the repository's HEAD commit
 //! without touching the user's checked-out branch, index or working files. A plain folder (or a
 //! folder inside someone else's repository, like the bundled examples) is first imported into a
 //! scratch repository under `<data_dir>/imports/`. Git runs as a subprocess with the user's hooks
@@ -90,17 +90,19 @@ pub struct LocalForge {
     lock: Mutex<()>,
 }
 
-/// `ai/issue-<n>` for an issue, else `ai/run-<first 8 hex digits of the run id>`.
+/// `ai/issue-<n>` for an issue, else `ai/run-<last 8 hex digits of the run id>`: the last
+/// digits of a UUID v7 are random, while its first ones are a timestamp that runs created
+/// within the same minute share.
 pub fn branch_name(issue_number: Option<i64>, run_id: &str) -> String {
     match issue_number {
         Some(n) if n > 0 => format!("ai/issue-{n}"),
         _ => {
-            let hex: String = run_id
+            let digits: Vec<char> = run_id
                 .chars()
                 .filter(char::is_ascii_hexdigit)
-                .take(8)
                 .map(|c| c.to_ascii_lowercase())
                 .collect();
+            let hex: String = digits[digits.len().saturating_sub(8)..].iter().collect();
             if hex.is_empty() {
                 "ai/run".to_owned()
             } else {
@@ -113,8 +115,10 @@ pub fn branch_name(issue_number: Option<i64>, run_id: &str) -> String {
 impl LocalForge {
     /// A forge keeping worktrees and imports under `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         Self {
-            data_dir: data_dir.into(),
+            // Git runs in other directories: a relative data directory would resolve there.
+            data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir),
             lock: Mutex::new(()),
         }
     }
@@ -298,6 +302,59 @@ impl LocalForge {
         git(&ws.path, &["rev-parse", "HEAD"]).map(Some)
     }
 
+    /// Drops uncommitted changes in the worktree, ignored files included (build output,
+    /// bytecode caches): a step restarts from exactly the branch's last commit.
+    pub fn discard_changes(&self, ws: &Workspace) -> Result<(), ForgeError> {
+        git(&ws.path, &["reset", "--quiet", "--hard", "HEAD"])?;
+        git(&ws.path, &["clean", "--quiet", "-fdx"])?;
+        Ok(())
+    }
+
+    /// Paths changed in the worktree since the last commit (added, modified, deleted,
+    /// untracked; both sides of a rename), relative to the worktree.
+    pub fn changed_paths(&self, ws: &Workspace) -> Result<Vec<String>, ForgeError> {
+        let out = git_raw_ok(
+            &ws.path,
+            &["status", "--porcelain=v1", "-z", "--untracked-files=all"],
+        )?;
+        let mut paths = Vec::new();
+        let mut fields = out.split('\0').filter(|f| !f.is_empty());
+        while let Some(entry) = fields.next() {
+            let (code, path) = entry.split_at(entry.len().min(3));
+            paths.push(path.to_owned());
+            // A rename or copy is followed by its source path.
+            if (code.starts_with('R') || code.starts_with('C'))
+                && let Some(from) = fields.next()
+            {
+                paths.push(from.to_owned());
+            }
+        }
+        Ok(paths)
+    }
+
+    /// The full message of the branch's head commit.
+    pub fn head_message(&self, ws: &Workspace) -> Result<String, ForgeError> {
+        git(&ws.path, &["log", "-1", "--format=%B"])
+    }
+
+    /// Moves the branch back one commit and drops the work (the commit of a step whose
+    /// completion was never recorded). Refuses to go below the bolt's base commit.
+    pub fn drop_head_commit(&self, ws: &Workspace) -> Result<(), ForgeError> {
+        let head = git(&ws.path, &["rev-parse", "HEAD"])?;
+        if head == ws.base_commit {
+            return Ok(());
+        }
+        git(&ws.path, &["reset", "--quiet", "--hard", "HEAD~1"])?;
+        git(&ws.path, &["clean", "--quiet", "-fd"])?;
+        Ok(())
+    }
+
+    /// Tracked files of the worktree, at most `max`.
+    pub fn files(&self, ws: &Workspace, max: usize) -> Result<Vec<String>, ForgeError> {
+        let all = git(&ws.path, &["ls-files"])?;
+        Ok(all.lines().take(max).map(str::to_owned).collect())
+    }
+
     /// `git diff --stat base..HEAD`.
     pub fn diff_stat(&self, ws: &Workspace) -> Result<String, ForgeError> {
         let range = format!("{}..HEAD", ws.base_commit);
@@ -311,6 +368,13 @@ impl LocalForge {
     pub fn unified_diff(&self, ws: &Workspace) -> Result<String, ForgeError> {
         let range = format!("{}..HEAD", ws.base_commit);
         git_raw_ok(&ws.path, &["diff", "--no-color", "--no-ext-diff", &range])
+    }
+
+    /// The recorded workspace of `run_id`, when its worktree still exists.
+    pub fn existing(&self, run_id: &str) -> Option<Workspace> {
+        let bytes = std::fs::read(self.meta_file(run_id)).ok()?;
+        let ws: Workspace = serde_json::from_slice(&bytes).ok()?;
+        ws.path.exists().then_some(ws)
     }
 
     /// Removes a finished bolt's worktree (the branch stays: the pull request points at it).
@@ -531,9 +595,9 @@ mod tests {
         assert_eq!(branch_name(Some(42), "x"), "ai/issue-42");
         assert_eq!(
             branch_name(None, "0190ABCD-ef01-7000-8000-000000000000"),
-            "ai/run-0190abcd"
+            "ai/run-00000000"
         );
-        assert_eq!(branch_name(Some(0), "deadbeefcafe"), "ai/run-deadbeef");
+        assert_eq!(branch_name(Some(0), "deadbeefcafe"), "ai/run-beefcafe");
     }
 
     #[test]

@@ -193,5 +193,16 @@ pub async fn pull_request(
         st.store.get_run(id).await?;
         return Err(ApiError::NotFound("pull request".into()));
     };
-    Ok(Json(PullRequestView { pr, diff: None }))
+    // The writer stores the diff with the record, so it outlives the bolt's worktree.
+    let diff = st
+        .store
+        .latest_artifact(id, "pull_request_diff")
+        .await?
+        .and_then(|a| {
+            a.payload
+                .get("diff")
+                .and_then(|d| d.as_str())
+                .map(str::to_owned)
+        });
+    Ok(Json(PullRequestView { pr, diff }))
 }

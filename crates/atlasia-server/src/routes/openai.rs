@@ -341,6 +341,7 @@ fn meta(headers: &HeaderMap, caller: &str) -> Result<CallMeta, OpenAiError> {
         priority,
         run_budget_usd: None,
         cache_opt_in: false,
+        step: None,
     })
 }
 

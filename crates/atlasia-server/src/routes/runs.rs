@@ -25,7 +25,12 @@ pub async fn create(
     AsOperator(caller): AsOperator,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    let new = req.validate()?;
+    let priority_given = req.priority.is_some();
+    let mut new = req.validate()?;
+    // `owner/name` + issue number without title or body: read the issue from GitHub.
+    if let Some(gh) = &st.github {
+        crate::github::fill_from_issue(gh, &st.settings.github, &mut new, priority_given).await?;
+    }
     let run = st.store.create_run(&new).await?;
     tracing::info!(run_id = %run.id, by = %caller.name, "run created");
     Ok((StatusCode::ACCEPTED, Json(run)))

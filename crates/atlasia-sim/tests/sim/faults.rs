@@ -327,3 +327,27 @@ async fn the_rpm_limit_answers_429_until_the_window_ends() {
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(sim.stats().await["rate_limited"], 2);
 }
+
+#[tokio::test]
+async fn the_tpm_limit_answers_429_once_the_window_tokens_are_used() {
+    let sim = Sim::with(SimConfig {
+        rate_limit_tpm: Some(50),
+        ..SimConfig::default()
+    })
+    .await;
+    // ~150 characters in, a short answer out: more than 50 tokens in one exchange.
+    let req = openai_body(&"tokens ".repeat(20));
+    let (s, h, _) = parts(sim.openai(&req, &[]).await).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "x-ratelimit-limit-tokens"), "50");
+    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), "0");
+    let (s, h, body) = parts(sim.openai(&req, &[]).await).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    let wait: u64 = header(&h, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let (s, h, _) = parts(sim.anthropic(&anthropic_body("x"), &[]).await).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "anthropic-ratelimit-tokens-limit"), "50");
+    assert_eq!(sim.stats().await["rate_limited"], 2);
+}

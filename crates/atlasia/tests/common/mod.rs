@@ -151,6 +151,15 @@ impl TestServer {
             .env("ORCHESTRATOR_TOKEN", ADMIN_TOKEN)
             .env("ATLASIA_STORAGE__DATA_DIR", db.dir.path())
             .env("RUST_LOG", "info")
+            // API tests expect runs to stay PENDING; engine tests ask for workers.
+            .env("ATLASIA_ENGINE__WORKERS", "0")
+            // A developer's or CI's own GitHub credentials must not reach test servers.
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("GITHUB_APP_ID")
+            .env_remove("GITHUB_PRIVATE_KEY_PATH")
+            .env_remove("GITHUB_INSTALLATION_ID")
+            .env_remove("GITHUB_WEBHOOK_SECRET")
+            .env_remove("GITHUB_API_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -63,7 +63,7 @@ impl StoreRecorder {
 fn row(r: CallRecord) -> LlmCallRow {
     LlmCallRow {
         run_id: r.run_id,
-        step: None,
+        step: r.step,
         agent: r.agent,
         provider: r.provider,
         model: r.model,

@@ -1,0 +1,910 @@
+//! What each step of a bolt does, as a function from the run's stored state to a
+//! [`StepResult`]; the worker turns results into one lease-guarded transaction each. Planning
+//! steps are single structured conversations; DEVELOPER is the tool loop on the bolt's worktree;
+//! REVIEW runs four personas in parallel and merges them; TESTER runs the verify commands in the
+//! sandbox; JUDGE runs three voters; WRITER updates the changelog and opens the pull request.
+//! Loop-backs are bounded per edge; past the bound, and on a judge veto or a protected write, the
+//! bolt escalates with an `escalation` artifact and resumes at DEVELOPER on PROCEED.
+
+use crate::contracts::AgentContract;
+use crate::ctx::StepCtx;
+use crate::developer::{self, DeveloperLimits, DeveloperOutcome};
+use crate::forge::{LocalForge, Workspace, branch_name};
+use crate::judge::{self, JudgeVote, Outcome};
+use crate::policy::PathPolicy;
+use crate::review::{self, PersonaReview};
+use crate::sandbox::{self, CommandSpec};
+use crate::steps::{AgentOutcome, Context, inputs, run_agent};
+use crate::tools::{RunLimits, Workdir};
+use atlasia_core::EventKind;
+use atlasia_store::{PullRequestDraft, StoreError};
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The reviewer personas and their contracts, in report order.
+pub const PERSONAS: [(&str, &str); 4] = [
+    ("security", "reviewer-security"),
+    ("code_quality", "reviewer-code-quality"),
+    ("sre", "reviewer-sre"),
+    ("frontend_ux", "reviewer-frontend-ux"),
+];
+
+/// Judge voters per decision.
+pub const VOTERS: usize = 3;
+
+/// Where a PROCEED after an escalation resumes.
+pub const RESUME_STEP: &str = "DEVELOPER";
+
+/// Caps on what agents are shown: a big repository or diff must not blow the context.
+const TREE_MAX_FILES: usize = 500;
+const DOC_MAX_BYTES: usize = 4 * 1024;
+const DIFF_MAX_BYTES: usize = 64 * 1024;
+/// The diff kept with the pull request record.
+const PR_DIFF_MAX_BYTES: usize = 1024 * 1024;
+
+/// Bounds of a bolt.
+#[derive(Debug, Clone)]
+pub struct BoltLimits {
+    /// Loop-backs allowed from REVIEW to DEVELOPER before escalating.
+    pub review_loops: u32,
+    /// Loop-backs allowed from TESTER to DEVELOPER (the fix loop).
+    pub fix_loops: u32,
+    /// Per verify command.
+    pub verify_timeout: Duration,
+    /// Output tail kept per command.
+    pub output_cap: usize,
+    /// Tokens (in + out) the developer may spend per iteration.
+    pub developer_max_tokens: u64,
+}
+
+impl Default for BoltLimits {
+    fn default() -> Self {
+        Self {
+            review_loops: 2,
+            fix_loops: 3,
+            verify_timeout: Duration::from_secs(600),
+            output_cap: 16 * 1024,
+            developer_max_tokens: 400_000,
+        }
+    }
+}
+
+/// What the steps share: the forge, the write policy and the limits.
+pub struct Env {
+    pub forge: Arc<LocalForge>,
+    pub policy: PathPolicy,
+    pub limits: BoltLimits,
+    /// Shared build caches (`CARGO_TARGET_DIR`) for verify commands.
+    pub cache_dir: PathBuf,
+}
+
+/// How a step ended.
+#[derive(Debug)]
+pub enum StepResult {
+    /// Store the artifacts and go on to `next`.
+    Next {
+        artifacts: Vec<(String, Value)>,
+        next: &'static str,
+        loops: Option<(i64, i64)>,
+        events: Vec<(EventKind, Value)>,
+    },
+    /// The bolt is complete.
+    Done {
+        artifacts: Vec<(String, Value)>,
+        events: Vec<(EventKind, Value)>,
+    },
+    /// A human must decide; `artifacts` holds the `escalation`; PROCEED resumes at `resume`.
+    Escalate {
+        artifacts: Vec<(String, Value)>,
+        reason: String,
+        resume: &'static str,
+    },
+    /// The step cannot succeed; the message says why.
+    Failed(String),
+    /// Cancelled; nothing is written.
+    Cancelled,
+}
+
+impl StepResult {
+    fn next(kind: &str, payload: Value, next: &'static str) -> Self {
+        Self::Next {
+            artifacts: vec![(kind.to_owned(), payload)],
+            next,
+            loops: None,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// Runs `step` for the run in `ctx`.
+pub async fn execute(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
+    match ctx.step {
+        "PM" => plan(ctx, env, "pm").await,
+        "QUALIFIER" => plan(ctx, env, "qualifier").await,
+        "ARCHITECT" => plan(ctx, env, "architect").await,
+        "DEVELOPER" => develop(ctx, env).await,
+        "REVIEW" => review(ctx, env).await,
+        "TESTER" => test(ctx, env).await,
+        "JUDGE" => judge(ctx, env).await,
+        "WRITER" => write(ctx, env).await,
+        other => Ok(StepResult::Failed(format!("unknown step '{other}'"))),
+    }
+}
+
+fn contract<'a>(ctx: &StepCtx<'a>, name: &str) -> Result<&'a AgentContract, String> {
+    ctx.contracts
+        .agent(name)
+        .ok_or_else(|| format!("no agent contract '{name}' for step {}", ctx.step))
+}
+
+/// The bolt's worktree (created on first use, reused afterwards).
+pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String> {
+    let forge = env.forge.clone();
+    let repo = PathBuf::from(&ctx.run.repo);
+    let id = ctx.run.id.to_string();
+    let branch = branch_name(ctx.run.issue_number, &id);
+    tokio::task::spawn_blocking(move || forge.prepare(&repo, &id, &branch))
+        .await
+        .map_err(|e| format!("preparing the repository: {e}"))?
+        .map_err(|e| format!("cannot prepare repository '{}': {e}", ctx.run.repo))
+}
+
+/// Runs a blocking forge operation off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::forge::ForgeError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("git task failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// The developer iteration the run is at: implementation reports stored so far.
+async fn reports(ctx: &StepCtx<'_>) -> Result<i64, StoreError> {
+    Ok(ctx
+        .store
+        .latest_artifact(ctx.run.id, "implementation_report")
+        .await?
+        .map_or(0, |a| a.version))
+}
+
+/// Context from the worktree for `contract`'s inputs (best effort when `ws` is missing).
+async fn context(
+    env: &Env,
+    ws: Option<&Workspace>,
+    contract: &AgentContract,
+    iteration: i64,
+) -> Context {
+    let mut c = Context {
+        iteration,
+        ..Context::default()
+    };
+    let Some(ws) = ws else { return c };
+    let wants = |name: &str| contract.inputs.iter().any(|i| i == name);
+    if wants("repo_tree") {
+        let (forge, w) = (env.forge.clone(), ws.clone());
+        c.repo_tree = blocking(move || forge.files(&w, TREE_MAX_FILES)).await.ok();
+    }
+    if wants("repo_docs") {
+        c.repo_docs = Some(repo_docs(&ws.path).await);
+    }
+    if wants("diff") {
+        let (forge, w) = (env.forge.clone(), ws.clone());
+        c.diff = blocking(move || forge.unified_diff(&w))
+            .await
+            .ok()
+            .map(|d| cap(d, DIFF_MAX_BYTES));
+    }
+    c
+}
+
+/// README and build manifest excerpts.
+async fn repo_docs(root: &Path) -> Value {
+    let mut docs = Map::new();
+    for name in [
+        "README.md",
+        "AGENTS.md",
+        "Cargo.toml",
+        "pyproject.toml",
+        "package.json",
+        ".atlasia.toml",
+    ] {
+        if let Ok(text) = tokio::fs::read_to_string(root.join(name)).await {
+            docs.insert(name.to_owned(), json!(cap(text, DOC_MAX_BYTES)));
+        }
+    }
+    Value::Object(docs)
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary, marked when cut.
+fn cap(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut at = max;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
+    text.push_str("\n[truncated]");
+    text
+}
+
+async fn plan(ctx: &StepCtx<'_>, env: &Env, agent: &str) -> Result<StepResult, StoreError> {
+    let contract = match contract(ctx, agent) {
+        Ok(c) => c,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let needs_repo = contract
+        .inputs
+        .iter()
+        .any(|i| matches!(i.as_str(), "repo_tree" | "repo_docs" | "diff"));
+    // Planning works without the repository (the plan just knows less); DEVELOPER will fail
+    // with the reason if it cannot be prepared.
+    let ws = if needs_repo {
+        workspace(ctx, env).await.ok()
+    } else {
+        None
+    };
+    let c = context(env, ws.as_ref(), contract, 1).await;
+    let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+    Ok(match run_agent(ctx, contract, user).await {
+        AgentOutcome::Artifact(v) => {
+            let next = crate::steps::next_step(ctx.step).unwrap_or("DEVELOPER");
+            StepResult::next(contract.output.as_deref().unwrap_or_default(), v, next)
+        }
+        AgentOutcome::Failed(e) => StepResult::Failed(e),
+        AgentOutcome::Cancelled => StepResult::Cancelled,
+        AgentOutcome::Escalate(e) => over_budget(ctx, &e),
+    })
+}
+
+/// The trailer that marks a DEVELOPER commit of iteration `n`.
+fn step_marker(n: i64) -> String {
+    format!("Atlasia-Step: DEVELOPER/{n}")
+}
+
+/// A conventional-commit type from the title's words.
+fn commit_type(title: &str) -> &'static str {
+    let t = title.to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| t.contains(w));
+    if has(&["fix", "bug", "error", "crash", "wrong"]) {
+        "fix"
+    } else if has(&["doc", "readme"]) {
+        "docs"
+    } else if has(&["test"]) {
+        "test"
+    } else if has(&["refactor", "clean"]) {
+        "refactor"
+    } else if has(&["perf", "speed", "faster", "slow"]) {
+        "perf"
+    } else {
+        "feat"
+    }
+}
+
+async fn develop(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
+    let contract = match contract(ctx, "developer") {
+        Ok(c) => c,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let ws = match workspace(ctx, env).await {
+        Ok(ws) => ws,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let n = reports(ctx).await? + 1;
+    // Start from the branch as the last completed step left it: drop uncommitted work of a
+    // crashed attempt, and its commit when the crash came after committing but before the step
+    // was recorded (the journal replays the model's answers, so the work is redone for free).
+    let (forge, w, marker) = (env.forge.clone(), ws.clone(), step_marker(n));
+    let reset = blocking(move || {
+        forge.discard_changes(&w)?;
+        if forge.head_message(&w)?.contains(&marker) {
+            forge.drop_head_commit(&w)?;
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(e) = reset {
+        return Ok(StepResult::Failed(format!("resetting the worktree: {e}")));
+    }
+    let c = context(env, Some(&ws), contract, n).await;
+    let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+    let wd = Workdir {
+        root: ws.path.clone(),
+        policy: env.policy.clone(),
+        run: RunLimits {
+            env_set: build_env(env),
+            ..RunLimits::default()
+        },
+    };
+    let limits = DeveloperLimits {
+        max_turns: contract.max_turns,
+        max_tokens: env.limits.developer_max_tokens,
+    };
+    let report = match developer::develop(ctx, contract, user, &wd, limits).await {
+        DeveloperOutcome::Report(v) => v,
+        DeveloperOutcome::Escalate { reason } => {
+            return Ok(escalate(
+                ctx,
+                &reason,
+                "the developer step (a protected write or the budget)",
+            ));
+        }
+        DeveloperOutcome::Failed(e) => return Ok(StepResult::Failed(e)),
+        DeveloperOutcome::Cancelled => return Ok(StepResult::Cancelled),
+    };
+    // The tools check every write, but an allowed command (a build, a script) can write
+    // anywhere in the tree: the whole change passes the policy before it is committed.
+    if let Some(refused) = policy_violation(env, &ws).await {
+        return Ok(escalate(ctx, &refused, "the path policy"));
+    }
+    let message = format!(
+        "{}: {} (iteration {n})\n\n{}\n\nAtlasia-Run: {}\n{}",
+        commit_type(&ctx.run.title),
+        ctx.run.title,
+        report
+            .get("summary")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        ctx.run.id,
+        step_marker(n)
+    );
+    let (forge, w) = (env.forge.clone(), ws.clone());
+    let commit = match blocking(move || forge.commit(&w, &message)).await {
+        Ok(c) => c,
+        Err(e) => return Ok(StepResult::Failed(format!("committing: {e}"))),
+    };
+    let mut events = Vec::new();
+    if let Some(sha) = commit {
+        events.push((
+            EventKind::Committed,
+            json!({"step": ctx.step, "commit": sha, "branch": ws.branch, "iteration": n}),
+        ));
+    }
+    Ok(StepResult::Next {
+        artifacts: vec![("implementation_report".into(), report)],
+        next: "REVIEW",
+        loops: None,
+        events,
+    })
+}
+
+/// The first changed path the policy refuses, with the reason.
+async fn policy_violation(env: &Env, ws: &Workspace) -> Option<String> {
+    let (forge, w) = (env.forge.clone(), ws.clone());
+    let paths = match blocking(move || forge.changed_paths(&w)).await {
+        Ok(p) => p,
+        Err(e) => return Some(format!("cannot list the changes: {e}")),
+    };
+    for path in paths {
+        let content = tokio::fs::read(ws.path.join(&path))
+            .await
+            .unwrap_or_default();
+        if let Err(e) = env.policy.check_write(&ws.path, &path, &content) {
+            return Some(format!("the change to {path} is refused: {e}"));
+        }
+    }
+    None
+}
+
+async fn review(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
+    let ws = match workspace(ctx, env).await {
+        Ok(ws) => ws,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let n = reports(ctx).await?;
+    let mut calls = Vec::new();
+    for (persona, agent) in PERSONAS {
+        let contract = match contract(ctx, agent) {
+            Ok(c) => c,
+            Err(e) => return Ok(StepResult::Failed(e)),
+        };
+        let mut c = context(env, Some(&ws), contract, n).await;
+        c.extra.insert("persona".into(), json!(persona));
+        let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+        calls.push(run_agent(ctx, contract, user));
+    }
+    // The four personas run in parallel: the gateway's limiter orders them.
+    let answers = futures::future::join_all(calls).await;
+    let mut artifacts = Vec::new();
+    let mut reviews = Vec::new();
+    for ((persona, _), answer) in PERSONAS.iter().zip(answers) {
+        match answer {
+            AgentOutcome::Artifact(v) => {
+                match serde_json::from_value::<PersonaReview>(v.clone()) {
+                    Ok(r) => reviews.push(r),
+                    Err(e) => {
+                        return Ok(StepResult::Failed(format!(
+                            "{persona} review cannot be read: {e}"
+                        )));
+                    }
+                }
+                artifacts.push(("persona_review".to_owned(), v));
+            }
+            AgentOutcome::Failed(e) => return Ok(StepResult::Failed(e)),
+            AgentOutcome::Cancelled => return Ok(StepResult::Cancelled),
+            AgentOutcome::Escalate(e) => return Ok(over_budget(ctx, &e)),
+        }
+    }
+    let merged = review::merge(&reviews);
+    let mut summary = serde_json::to_value(&merged).unwrap_or_default();
+    if let Some(o) = summary.as_object_mut() {
+        o.insert("iteration".into(), json!(n));
+    }
+    artifacts.push(("review".into(), summary));
+    if !merged.needs_loop_back() {
+        return Ok(StepResult::Next {
+            artifacts,
+            next: "TESTER",
+            loops: None,
+            events: Vec::new(),
+        });
+    }
+    let reason = format!(
+        "review verdict {} with {} finding(s)",
+        merged.verdict.as_str(),
+        merged.findings.len()
+    );
+    Ok(loop_back(
+        ctx,
+        artifacts,
+        "review_to_developer",
+        &reason,
+        env.limits.review_loops,
+    ))
+}
+
+/// Goes back to DEVELOPER on `edge` when its bound allows, else escalates.
+fn loop_back(
+    ctx: &StepCtx<'_>,
+    mut artifacts: Vec<(String, Value)>,
+    edge: &str,
+    reason: &str,
+    max: u32,
+) -> StepResult {
+    let (review, fix) = (
+        i64::from(ctx.run.review_loops),
+        i64::from(ctx.run.fix_loops),
+    );
+    let taken = if edge == "review_to_developer" {
+        review
+    } else {
+        fix
+    };
+    if taken < i64::from(max) {
+        let loops = if edge == "review_to_developer" {
+            (review + 1, fix)
+        } else {
+            (review, fix + 1)
+        };
+        return StepResult::Next {
+            artifacts,
+            next: "DEVELOPER",
+            loops: Some(loops),
+            events: vec![(
+                EventKind::LoopBack,
+                json!({"edge": edge, "from": ctx.step, "to": "DEVELOPER", "count": taken + 1,
+                       "max": max, "reason": reason}),
+            )],
+        };
+    }
+    let blocker = format!("{reason}; the {edge} loop-back bound ({max}) is used up");
+    match escalate(ctx, &blocker, "the loop-back bound") {
+        StepResult::Escalate {
+            artifacts: esc,
+            reason,
+            resume,
+        } => {
+            artifacts.extend(esc);
+            StepResult::Escalate {
+                artifacts,
+                reason,
+                resume,
+            }
+        }
+        other => other,
+    }
+}
+
+/// The `escalation` artifact for a blocker at the current step; PROCEED resumes at DEVELOPER.
+fn escalate(ctx: &StepCtx<'_>, blocker: &str, what: &str) -> StepResult {
+    escalate_to(ctx, blocker, what, RESUME_STEP)
+}
+
+/// A spent budget: PROCEED (after the budget was raised) retries the same step.
+fn over_budget(ctx: &StepCtx<'_>, blocker: &str) -> StepResult {
+    let step = crate::steps::PIPELINE
+        .iter()
+        .copied()
+        .find(|s| *s == ctx.step)
+        .unwrap_or(RESUME_STEP);
+    escalate_to(ctx, blocker, "the LLM budget", step)
+}
+
+fn escalate_to(ctx: &StepCtx<'_>, blocker: &str, what: &str, resume: &'static str) -> StepResult {
+    let run = ctx.run;
+    let payload = json!({
+        "context": format!(
+            "Run {} on {} stopped at {} ({} review loop-back(s), {} fix loop-back(s) so far). \
+             Stopped by {what}.",
+            run.id, run.repo, ctx.step, run.review_loops, run.fix_loops),
+        "blocker": blocker,
+        "options": [
+            {"id": "proceed",
+             "description": format!("PROCEED with guidance: the bolt resumes at {resume} with the \
+                             branch as it is, reading your guidance first; loop-back bounds start \
+                             afresh."),
+             "consequence": "More LLM cost; the bolt reviews and tests again before the PR."},
+            {"id": "abort",
+             "description": "ABORT: stop the bolt here; the branch keeps the work done so far.",
+             "consequence": "The run ends FAILED; no pull request is opened."},
+        ],
+        "recommendation": "proceed",
+    });
+    if let Err(issues) = ctx.contracts.validate("escalation", &payload) {
+        let detail: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        return StepResult::Failed(format!(
+            "escalation artifact invalid: {}",
+            detail.join("; ")
+        ));
+    }
+    StepResult::Escalate {
+        artifacts: vec![("escalation".into(), payload)],
+        reason: blocker.to_owned(),
+        resume,
+    }
+}
+
+/// Variables for every command a bolt runs: build output goes to a shared cache outside the
+/// worktree (never into the change, and reused across bolts), and Python writes no bytecode
+/// there (a stale `.pyc` with the same size and second as its edited source would be used).
+fn build_env(env: &Env) -> Vec<(String, String)> {
+    vec![
+        (
+            "CARGO_TARGET_DIR".into(),
+            env.cache_dir.join("cargo-target").display().to_string(),
+        ),
+        ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+    ]
+}
+
+/// The verify commands: the repository's `.atlasia.toml` `verify = [...]` when present (the
+/// repository owner's word), else the work plan's.
+async fn verify_commands(ctx: &StepCtx<'_>, root: &Path) -> Result<Vec<String>, StoreError> {
+    if let Ok(text) = tokio::fs::read_to_string(root.join(".atlasia.toml")).await
+        && let Ok(doc) = text.parse::<toml::Table>()
+        && let Some(list) = doc.get("verify").and_then(|v| v.as_array())
+    {
+        return Ok(list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect());
+    }
+    let plan = ctx.store.latest_artifact(ctx.run.id, "work_plan").await?;
+    Ok(plan
+        .and_then(|a| a.payload.get("verify_commands").cloned())
+        .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+        .unwrap_or_default())
+}
+
+async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
+    let ws = match workspace(ctx, env).await {
+        Ok(ws) => ws,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let n = reports(ctx).await?;
+    let commands = verify_commands(ctx, &ws.path).await?;
+    let mut results = Vec::new();
+    for command in &commands {
+        let mut spec = CommandSpec::new(command.clone(), ws.path.clone());
+        spec.env_set = build_env(env);
+        let outcome = tokio::select! {
+            r = sandbox::run(&spec, env.limits.verify_timeout, env.limits.output_cap) => r,
+            () = ctx.cancel.cancelled() => return Ok(StepResult::Cancelled),
+        };
+        let entry = match outcome {
+            Ok(o) => json!({
+                "command": command,
+                "exit_code": o.exit_code,
+                "duration_ms": u64::try_from(o.duration.as_millis()).unwrap_or(u64::MAX),
+                "output_tail": if o.timed_out {
+                    format!("[timed out after {} s; process group killed]\n{}",
+                            env.limits.verify_timeout.as_secs(), o.output_tail)
+                } else { o.output_tail },
+            }),
+            Err(e) => json!({"command": command, "exit_code": null, "duration_ms": 0,
+                             "output_tail": format!("could not run: {e}")}),
+        };
+        ctx.emit(
+            EventKind::ToolCalled,
+            json!({"step": ctx.step, "tool": "verify", "target": command,
+                   "ok": entry["exit_code"] == json!(0)}),
+        )
+        .await;
+        results.push(entry);
+    }
+    let passed = results.iter().all(|r| r["exit_code"] == json!(0));
+    let mut report = if passed {
+        let summary = if commands.is_empty() {
+            "No verify commands are configured (work plan or .atlasia.toml); nothing was run."
+                .to_owned()
+        } else {
+            format!("All {} verify command(s) passed.", commands.len())
+        };
+        json!({"passed": true, "commands": results, "summary": summary})
+    } else {
+        tester_report(ctx, &ws, env, &results, n).await?
+    };
+    // The outcome is the exit codes', never the model's reading of them.
+    if let Some(o) = report.as_object_mut() {
+        o.insert("passed".into(), json!(passed));
+        o.insert("commands".into(), json!(results));
+    }
+    if passed {
+        return Ok(StepResult::next("test_report", report, "JUDGE"));
+    }
+    let failing = results
+        .iter()
+        .find(|r| r["exit_code"] != json!(0))
+        .and_then(|r| r["command"].as_str())
+        .unwrap_or("a verify command")
+        .to_owned();
+    Ok(loop_back(
+        ctx,
+        vec![("test_report".into(), report)],
+        "tester_to_developer",
+        &format!("`{failing}` failed"),
+        env.limits.fix_loops,
+    ))
+}
+
+/// The tester agent's reading of a failure (root cause, files involved), or a plain summary
+/// when the agent cannot answer: a failing test must reach the developer either way.
+async fn tester_report(
+    ctx: &StepCtx<'_>,
+    ws: &Workspace,
+    env: &Env,
+    results: &[Value],
+    n: i64,
+) -> Result<Value, StoreError> {
+    let plain = || {
+        let failing: Vec<&str> = results
+            .iter()
+            .filter(|r| r["exit_code"] != json!(0))
+            .filter_map(|r| r["command"].as_str())
+            .collect();
+        json!({"passed": false, "commands": results,
+               "summary": format!("Failing: {}. See each command's output tail.",
+                                  failing.join(", "))})
+    };
+    let Ok(contract) = contract(ctx, "tester") else {
+        return Ok(plain());
+    };
+    let mut c = context(env, Some(ws), contract, n).await;
+    c.test_log = Some(json!(results));
+    let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+    Ok(match run_agent(ctx, contract, user).await {
+        AgentOutcome::Artifact(v) => v,
+        AgentOutcome::Failed(e) | AgentOutcome::Escalate(e) => {
+            tracing::warn!(run = %ctx.run.id, error = %e, "tester agent failed; plain report");
+            plain()
+        }
+        AgentOutcome::Cancelled => plain(),
+    })
+}
+
+async fn judge(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
+    let contract = match contract(ctx, "judge") {
+        Ok(c) => c,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let ws = workspace(ctx, env).await.ok();
+    let n = reports(ctx).await?;
+    let mut calls = Vec::new();
+    for voter in 1..=VOTERS {
+        let mut c = context(env, ws.as_ref(), contract, n).await;
+        // The voter number makes the three requests distinct (and their journal entries too).
+        c.extra.insert("voter".into(), json!(voter));
+        let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+        calls.push(run_agent(ctx, contract, user));
+    }
+    let mut artifacts = Vec::new();
+    let mut votes = Vec::new();
+    for answer in futures::future::join_all(calls).await {
+        match answer {
+            AgentOutcome::Artifact(v) => {
+                match serde_json::from_value::<JudgeVote>(v.clone()) {
+                    Ok(vote) => votes.push(vote),
+                    Err(e) => {
+                        return Ok(StepResult::Failed(format!("judge vote unreadable: {e}")));
+                    }
+                }
+                artifacts.push(("judge_verdict".to_owned(), v));
+            }
+            AgentOutcome::Failed(e) => return Ok(StepResult::Failed(e)),
+            AgentOutcome::Cancelled => return Ok(StepResult::Cancelled),
+            AgentOutcome::Escalate(e) => return Ok(over_budget(ctx, &e)),
+        }
+    }
+    let decision = judge::aggregate(&votes);
+    let mut record = serde_json::to_value(&decision).unwrap_or_default();
+    if let Some(o) = record.as_object_mut() {
+        o.insert("iteration".into(), json!(n));
+        o.insert("votes".into(), json!(votes.len()));
+    }
+    artifacts.push(("judge_decision".into(), record));
+    if decision.outcome == Outcome::Veto {
+        let blocker = format!(
+            "the judges vetoed the change (weighted score {:.2})",
+            decision.weighted
+        );
+        return Ok(match escalate(ctx, &blocker, "a judge veto") {
+            StepResult::Escalate {
+                artifacts: esc,
+                reason,
+                resume,
+            } => {
+                artifacts.extend(esc);
+                StepResult::Escalate {
+                    artifacts,
+                    reason,
+                    resume,
+                }
+            }
+            other => other,
+        });
+    }
+    Ok(StepResult::Next {
+        artifacts,
+        next: "WRITER",
+        loops: None,
+        events: Vec::new(),
+    })
+}
+
+async fn write(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
+    let contract = match contract(ctx, "writer") {
+        Ok(c) => c,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let ws = match workspace(ctx, env).await {
+        Ok(ws) => ws,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
+    let n = reports(ctx).await?;
+    let c = context(env, Some(&ws), contract, n).await;
+    let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+    let docs = match run_agent(ctx, contract, user).await {
+        AgentOutcome::Artifact(v) => v,
+        AgentOutcome::Failed(e) => return Ok(StepResult::Failed(e)),
+        AgentOutcome::Cancelled => return Ok(StepResult::Cancelled),
+        AgentOutcome::Escalate(e) => return Ok(over_budget(ctx, &e)),
+    };
+    let mut events = Vec::new();
+    for (file, result) in crate::docs::apply(&ws.path, &env.policy, &docs).await {
+        events.push((
+            EventKind::ToolCalled,
+            json!({"step": ctx.step, "tool": "write_file", "target": file,
+                   "ok": result.is_ok(), "detail": result.err()}),
+        ));
+    }
+    let message = format!(
+        "docs: changelog for {}\n\nAtlasia-Run: {}\nAtlasia-Step: WRITER",
+        ctx.run.title, ctx.run.id
+    );
+    let (forge, w) = (env.forge.clone(), ws.clone());
+    match blocking(move || forge.commit(&w, &message)).await {
+        Ok(Some(sha)) => events.push((
+            EventKind::Committed,
+            json!({"step": ctx.step, "commit": sha, "branch": ws.branch}),
+        )),
+        Ok(None) => {}
+        Err(e) => return Ok(StepResult::Failed(format!("committing docs: {e}"))),
+    }
+    let (forge, w) = (env.forge.clone(), ws.clone());
+    let (stat, diff) =
+        match blocking(move || Ok((forge.diff_stat(&w)?, forge.unified_diff(&w)?))).await {
+            Ok(d) => d,
+            Err(e) => return Ok(StepResult::Failed(format!("diffing the branch: {e}"))),
+        };
+    let title = docs
+        .get("pr_title")
+        .and_then(Value::as_str)
+        .unwrap_or(&ctx.run.title);
+    let title = format!("[AI] {title}");
+    let body = pr_body(ctx, &docs, &stat).await?;
+    let draft = PullRequestDraft {
+        run_id: ctx.run.id.to_string(),
+        forge: "local".into(),
+        number: None,
+        url: None,
+        title: title.clone(),
+        body,
+        base: ws.base_branch_name.clone(),
+        head: ws.branch.clone(),
+        diff_stat: stat,
+        state: "open".into(),
+    };
+    ctx.store.upsert_pull_request(&draft).await?;
+    events.push((
+        EventKind::PullRequestUpdated,
+        json!({"forge": "local", "head": ws.branch, "base": ws.base_branch_name,
+               "title": title, "repository": ws.repo.display().to_string()}),
+    ));
+    Ok(StepResult::Done {
+        artifacts: vec![
+            ("docs_update".into(), docs),
+            (
+                "pull_request_diff".into(),
+                json!({"diff": cap(diff, PR_DIFF_MAX_BYTES), "base_commit": ws.base_commit}),
+            ),
+        ],
+        events,
+    })
+}
+
+/// The writer's description plus the facts a reviewer wants: tests, judge score, cost, diff stat.
+async fn pr_body(ctx: &StepCtx<'_>, docs: &Value, stat: &str) -> Result<String, StoreError> {
+    let mut body = docs
+        .get("pr_body")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(n) = ctx.run.issue_number
+        && !body.contains(&format!("#{n}"))
+    {
+        body.push_str(&format!("\n\nCloses #{n}"));
+    }
+    let tests = ctx.store.latest_artifact(ctx.run.id, "test_report").await?;
+    let judged = ctx
+        .store
+        .latest_artifact(ctx.run.id, "judge_decision")
+        .await?;
+    let totals = ctx.store.llm_totals(Some(&ctx.run.id.to_string())).await?;
+    body.push_str("\n\n---\n");
+    if let Some(t) = tests {
+        body.push_str(&format!(
+            "**Tests:** {}\n\n",
+            t.payload["summary"]
+                .as_str()
+                .unwrap_or("see the test report")
+        ));
+    }
+    if let Some(j) = judged {
+        body.push_str(&format!(
+            "**Judge:** {} (weighted {:.2})\n\n",
+            j.payload["outcome"].as_str().unwrap_or("?"),
+            j.payload["weighted"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    body.push_str(&format!(
+        "**Cost:** ${:.4} over {} LLM call(s)\n\n```\n{}\n```\n\n_Opened by Atlasia, run {}._",
+        totals.cost_usd,
+        totals.calls,
+        stat.trim(),
+        ctx.run.id
+    ));
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_types_follow_the_title() {
+        assert_eq!(commit_type("Fix overflow in add"), "fix");
+        assert_eq!(commit_type("Add a multiply function"), "feat");
+        assert_eq!(commit_type("Document the API in the README"), "docs");
+    }
+
+    #[test]
+    fn caps_cut_on_char_boundaries() {
+        let s = cap("ééé".to_owned(), 3);
+        assert!(s.starts_with('é') && s.ends_with("[truncated]"), "{s}");
+        assert_eq!(cap("abc".to_owned(), 3), "abc");
+    }
+}

@@ -1,0 +1,137 @@
+//! What a step runs with: the run, its lease holder, the gateway and the store, and the two
+//! things every step does through it — call the LLM (journaled: an answer an earlier, crashed
+//! attempt already paid for is replayed from `llm_calls` instead of being bought again) and
+//! append events for watchers.
+
+use crate::contracts::{AgentContract, Contracts};
+use atlasia_core::{EventKind, Run};
+use atlasia_llm::{CallMeta, ChatRequest, ChatResponse, Gateway};
+use atlasia_store::Store;
+use serde_json::{Value, json};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The context of one step of one run.
+#[derive(Clone, Copy)]
+pub struct StepCtx<'a> {
+    pub store: &'a Store,
+    pub gateway: &'a Gateway,
+    pub contracts: &'a Contracts,
+    /// The run as the step started it.
+    pub run: &'a Run,
+    /// The lease holder; events are only written while it holds the lease.
+    pub owner: &'a str,
+    /// The step (`DEVELOPER`, …).
+    pub step: &'a str,
+    /// Cancelled when the lease is lost, the run is paused or cancelled, or on shutdown.
+    pub cancel: &'a CancellationToken,
+}
+
+/// Why an LLM call produced no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The step was cancelled while waiting.
+    Cancelled,
+    /// The gateway gave up; the message says why.
+    Failed(String),
+    /// The bolt's (or the day's) budget is spent: a human decides whether to go on.
+    Budget(String),
+}
+
+impl StepCtx<'_> {
+    /// The gateway metadata of `contract`'s calls in this run.
+    pub fn meta(&self, contract: &AgentContract) -> CallMeta {
+        CallMeta {
+            agent: contract.name.clone(),
+            run_id: Some(self.run.id.to_string()),
+            priority: u8::try_from(self.run.priority.clamp(0, 10)).unwrap_or(5),
+            run_budget_usd: self.run.budget_usd,
+            cache_opt_in: false,
+            step: Some(self.step.to_owned()),
+        }
+    }
+
+    /// Appends an event; a failure is logged, never fails the step (events are for watchers).
+    pub async fn emit(&self, kind: EventKind, data: Value) {
+        if let Err(e) = self
+            .store
+            .append_event(self.run.id, self.owner, kind, data)
+            .await
+        {
+            tracing::warn!(run = %self.run.id, kind = kind.as_str(), error = %e, "event not written");
+        }
+    }
+
+    /// One LLM call for `contract`, replayed from the journal when this run already received
+    /// an answer to exactly this request.
+    pub async fn chat(
+        &self,
+        contract: &AgentContract,
+        req: ChatRequest,
+    ) -> Result<ChatResponse, CallError> {
+        let meta = self.meta(contract);
+        if let Some(resp) = self.replay(&meta, &req).await {
+            self.emit(
+                EventKind::LlmCallCompleted,
+                json!({"step": self.step, "agent": contract.name, "model": resp.model,
+                       "tokens_in": resp.usage.input_tokens,
+                       "tokens_out": resp.usage.output_tokens,
+                       "cost_usd": 0.0, "latency_ms": 0, "replayed": true}),
+            )
+            .await;
+            return Ok(resp);
+        }
+        self.emit(
+            EventKind::LlmCallStarted,
+            json!({"step": self.step, "agent": contract.name,
+                   "messages": req.messages.len()}),
+        )
+        .await;
+        let started = Instant::now();
+        let answer = tokio::select! {
+            r = self.gateway.chat(&meta, req) => r,
+            () = self.cancel.cancelled() => return Err(CallError::Cancelled),
+        };
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match answer {
+            Ok(resp) => {
+                let cost = self.gateway.cost(&resp.model, resp.usage);
+                self.emit(
+                    EventKind::LlmCallCompleted,
+                    json!({"step": self.step, "agent": contract.name, "model": resp.model,
+                           "tokens_in": resp.usage.input_tokens,
+                           "tokens_out": resp.usage.output_tokens,
+                           "cost_usd": cost, "latency_ms": latency_ms, "replayed": false}),
+                )
+                .await;
+                Ok(resp)
+            }
+            Err(e) => {
+                let budget = matches!(e, atlasia_llm::GatewayError::Budget(_));
+                let error = format!("{}: LLM call failed: {e}", contract.name);
+                self.emit(
+                    EventKind::LlmCallFailed,
+                    json!({"step": self.step, "agent": contract.name, "error": error}),
+                )
+                .await;
+                Err(if budget {
+                    CallError::Budget(error)
+                } else {
+                    CallError::Failed(error)
+                })
+            }
+        }
+    }
+
+    async fn replay(&self, meta: &CallMeta, req: &ChatRequest) -> Option<ChatResponse> {
+        let key = self.gateway.journal_key(meta, req).ok()?;
+        match self.store.journaled_response(self.run.id, &key).await {
+            Ok(Some(v)) => serde_json::from_value(v).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(run = %self.run.id, error = %e, "journal lookup failed; calling");
+                None
+            }
+        }
+    }
+}
