@@ -610,3 +610,27 @@ async fn a_jwt_signed_by_another_key_is_refused() {
     assert!(f.sim.issued_tokens().is_empty());
     assert!(!format!("{err:?}").contains("PRIVATE KEY"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_within_five_minutes_of_expiry_is_replaced_before_use() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = SimGithub::start(SimConfig {
+        app_id: APP_ID.into(),
+        installation_id: INSTALLATION,
+        public_key_pem: Some(keys().1.clone()),
+        pat: None,
+        // Valid, but inside the refresh margin from the moment it is issued.
+        token_ttl: Duration::from_secs(200),
+        git_root: root.path().join("git"),
+    })
+    .await
+    .unwrap();
+    sim.add_repo(REPO, "main").unwrap();
+    let gh = app_client(&sim);
+    let repo = RepoName::parse(REPO).unwrap();
+    gh.repository(&repo).await.unwrap();
+    gh.repository(&repo).await.unwrap();
+    assert_eq!(count(&sim, "/access_tokens"), 2);
+    // No request was refused: the old token was replaced before GitHub could reject it.
+    assert!(sim.requests().iter().all(|r| r.status < 400));
+}

@@ -172,7 +172,12 @@ async fn watch(store: Store, id: RunId, stop: CancellationToken) {
                         ));
                     }
                     "step_completed" => {
-                        if let Some(a) = d["artifact"].as_str() {
+                        // One line per step: the per-persona and per-voter artifacts are
+                        // summed up by `review` and `judge_decision`.
+                        if let Some(a) = d["artifact"]
+                            .as_str()
+                            .filter(|a| !matches!(*a, "persona_review" | "judge_verdict"))
+                        {
                             say(format!(
                                 "  ✓ {} → {a} v{}",
                                 d["step"].as_str().unwrap_or("?"),
@@ -282,7 +287,7 @@ fn print_escalation(run: &Run, e: &Value) {
 
 fn indent(text: &str) -> String {
     text.lines()
-        .map(|l| format!("  {l}"))
+        .map(|l| format!("  {}", l.trim()))
         .collect::<Vec<_>>()
         .join("\n")
 }

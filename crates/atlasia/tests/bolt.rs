@@ -213,13 +213,18 @@ async fn spent_budget_escalates(db: Db) {
     let srv = server(tdb, &sim, &[]).await;
     let repo = user_repo();
     let run = srv
-        .create_run(json!({"repo": repo.path().display().to_string(), "title": "add() subtracts",
-                           "budget_usd": 0.05}))
+        .create_run(
+            json!({"repo": repo.path().display().to_string(), "title": "add() subtracts",
+                           "budget_usd": 0.05}),
+        )
         .await;
     let id = run["id"].as_str().unwrap();
     let esc = wait_status(&srv, id, &["ESCALATED", "DONE", "FAILED"]).await;
     assert_eq!(esc["status"], "ESCALATED", "{esc}\n{}", srv.log());
-    assert_eq!(esc["current_step"], "PM", "PROCEED must retry the step that ran out");
+    assert_eq!(
+        esc["current_step"], "PM",
+        "PROCEED must retry the step that ran out"
+    );
     let e = &artifacts(&srv, id, "escalation").await[0]["payload"];
     assert!(e["blocker"].as_str().unwrap().contains("budget"), "{e}");
     let evs = events(&srv, id).await;
