@@ -9,6 +9,7 @@
 use crate::contracts::AgentContract;
 use crate::ctx::StepCtx;
 use crate::developer::{self, DeveloperLimits, DeveloperOutcome};
+use crate::forge::github::GithubForge;
 use crate::forge::{LocalForge, Workspace, branch_name};
 use crate::judge::{self, JudgeVote, Outcome};
 use crate::policy::PathPolicy;
@@ -17,6 +18,7 @@ use crate::sandbox::{self, CommandSpec};
 use crate::steps::{AgentOutcome, Context, inputs, run_agent};
 use crate::tools::{RunLimits, Workdir};
 use atlasia_core::EventKind;
+use atlasia_github::{CheckOutcome, NewPullRequest, RepoName};
 use atlasia_store::{PullRequestDraft, StoreError};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
@@ -57,6 +59,8 @@ pub struct BoltLimits {
     pub output_cap: usize,
     /// Tokens (in + out) the developer may spend per iteration.
     pub developer_max_tokens: u64,
+    /// How long a step retries LLM calls failing for a passing reason (429s, outages).
+    pub llm_patience: Duration,
 }
 
 impl Default for BoltLimits {
@@ -67,13 +71,16 @@ impl Default for BoltLimits {
             verify_timeout: Duration::from_secs(600),
             output_cap: 16 * 1024,
             developer_max_tokens: 400_000,
+            llm_patience: crate::ctx::LLM_PATIENCE,
         }
     }
 }
 
-/// What the steps share: the forge, the write policy and the limits.
+/// What the steps share: the forges, the write policy and the limits.
 pub struct Env {
     pub forge: Arc<LocalForge>,
+    /// Set when GitHub is configured: runs on `owner/name` go there.
+    pub github: Option<Arc<GithubForge>>,
     pub policy: PathPolicy,
     pub limits: BoltLimits,
     /// Shared build caches (`CARGO_TARGET_DIR`) for verify commands.
@@ -139,12 +146,25 @@ fn contract<'a>(ctx: &StepCtx<'a>, name: &str) -> Result<&'a AgentContract, Stri
         .ok_or_else(|| format!("no agent contract '{name}' for step {}", ctx.step))
 }
 
+/// The GitHub forge and repository of the run, when it is on GitHub.
+pub fn on_github<'a>(ctx: &StepCtx<'_>, env: &'a Env) -> Option<(&'a GithubForge, RepoName)> {
+    let gh = env.github.as_deref()?;
+    Some((gh, GithubForge::repo_name(&ctx.run.repo)?))
+}
+
 /// The bolt's worktree (created on first use, reused afterwards).
 pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String> {
     let forge = env.forge.clone();
     let repo = PathBuf::from(&ctx.run.repo);
     let id = ctx.run.id.to_string();
     let branch = branch_name(ctx.run.issue_number, &id);
+    // Prepared by an earlier step of this bolt: its record is enough (no git calls).
+    if let Some(ws) = forge.existing(&id).filter(|ws| ws.branch == branch) {
+        return Ok(ws);
+    }
+    if let Some((gh, name)) = on_github(ctx, env) {
+        return gh.prepare(&forge, &name, &id, &branch).await;
+    }
     tokio::task::spawn_blocking(move || forge.prepare(&repo, &id, &branch))
         .await
         .map_err(|e| format!("preparing the repository: {e}"))?
@@ -364,12 +384,41 @@ async fn develop(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError>
             json!({"step": ctx.step, "commit": sha, "branch": ws.branch, "iteration": n}),
         ));
     }
+    if let Err(e) = push(ctx, env, &ws).await {
+        return Ok(StepResult::Failed(e));
+    }
     Ok(StepResult::Next {
         artifacts: vec![("implementation_report".into(), report)],
         next: "REVIEW",
         loops: None,
         events,
     })
+}
+
+/// Pushes the branch when the run is on GitHub (a few tries: a push is not retried by the REST
+/// client's policy).
+async fn push(ctx: &StepCtx<'_>, env: &Env, ws: &Workspace) -> Result<(), String> {
+    let Some((gh, name)) = on_github(ctx, env) else {
+        return Ok(());
+    };
+    let mut last = String::new();
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        }
+        match gh.push(&name, ws).await {
+            Ok(()) => {
+                ctx.emit(
+                    EventKind::ToolCalled,
+                    json!({"step": ctx.step, "tool": "git_push", "target": ws.branch, "ok": true}),
+                )
+                .await;
+                return Ok(());
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(format!("pushing {} to {name}: {last}", ws.branch))
 }
 
 /// The first changed path the policy refuses, with the reason.
@@ -397,12 +446,17 @@ async fn review(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> 
     };
     let n = reports(ctx).await?;
     let mut calls = Vec::new();
+    // The reviewers share one reading of the worktree (the same diff for all four).
+    let shared = match contract(ctx, PERSONAS[0].1) {
+        Ok(c) => context(env, Some(&ws), c, n).await,
+        Err(e) => return Ok(StepResult::Failed(e)),
+    };
     for (persona, agent) in PERSONAS {
         let contract = match contract(ctx, agent) {
             Ok(c) => c,
             Err(e) => return Ok(StepResult::Failed(e)),
         };
-        let mut c = context(env, Some(&ws), contract, n).await;
+        let mut c = shared.clone();
         c.extra.insert("persona".into(), json!(persona));
         let user = inputs(ctx.store, ctx.run, contract, &c).await?;
         calls.push(run_agent(ctx, contract, user));
@@ -626,13 +680,62 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
         .await;
         results.push(entry);
     }
-    let passed = results.iter().all(|r| r["exit_code"] == json!(0));
+    let mut passed = results.iter().all(|r| r["exit_code"] == json!(0));
+    let mut ci_note = None;
+    if passed && let Some((gh, name)) = on_github(ctx, env) {
+        let (forge, w) = (env.forge.clone(), ws.clone());
+        let sha = match blocking(move || forge.head(&w)).await {
+            Ok(sha) => sha,
+            Err(e) => return Ok(StepResult::Failed(format!("reading the head commit: {e}"))),
+        };
+        let outcome = tokio::select! {
+            r = gh.checks(&name, &sha) => r,
+            () = ctx.cancel.cancelled() => return Ok(StepResult::Cancelled),
+        };
+        match outcome {
+            Ok(CheckOutcome::NoChecks) => {
+                ci_note = Some("no CI checks are configured: local result only".to_owned());
+            }
+            Ok(CheckOutcome::AllPassed { runs }) => {
+                ci_note = Some(format!("{} CI check(s) passed", runs.len()));
+            }
+            Ok(CheckOutcome::TimedOut { pending }) => {
+                ci_note = Some(format!(
+                    "{} CI check(s) still pending at the deadline: local result only",
+                    pending.len()
+                ));
+            }
+            Ok(CheckOutcome::Failed { failed }) => {
+                passed = false;
+                for f in failed {
+                    results.push(json!({
+                        "command": format!("CI check {}", f.run.name),
+                        "exit_code": null,
+                        "duration_ms": 0,
+                        "output_tail": f.log_tail.unwrap_or_else(|| format!(
+                            "concluded {}; see {}",
+                            f.run.conclusion.as_deref().unwrap_or("?"),
+                            f.run.html_url.as_deref().unwrap_or("the check run"))),
+                    }));
+                }
+            }
+            Err(e) => {
+                ci_note = Some(format!(
+                    "CI checks could not be read ({e}): local result only"
+                ))
+            }
+        }
+    }
     let mut report = if passed {
         let summary = if commands.is_empty() {
             "No verify commands are configured (work plan or .atlasia.toml); nothing was run."
                 .to_owned()
         } else {
             format!("All {} verify command(s) passed.", commands.len())
+        };
+        let summary = match &ci_note {
+            Some(note) => format!("{summary} {note}."),
+            None => summary,
         };
         json!({"passed": true, "commands": results, "summary": summary})
     } else {
@@ -704,8 +807,9 @@ async fn judge(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
     let ws = workspace(ctx, env).await.ok();
     let n = reports(ctx).await?;
     let mut calls = Vec::new();
+    let shared = context(env, ws.as_ref(), contract, n).await;
     for voter in 1..=VOTERS {
-        let mut c = context(env, ws.as_ref(), contract, n).await;
+        let mut c = shared.clone();
         // The voter number makes the three requests distinct (and their journal entries too).
         c.extra.insert("voter".into(), json!(voter));
         let user = inputs(ctx.store, ctx.run, contract, &c).await?;
@@ -804,19 +908,22 @@ async fn write(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
         Ok(None) => {}
         Err(e) => return Ok(StepResult::Failed(format!("committing docs: {e}"))),
     }
+    if let Err(e) = push(ctx, env, &ws).await {
+        return Ok(StepResult::Failed(e));
+    }
     let (forge, w) = (env.forge.clone(), ws.clone());
     let (stat, diff) =
         match blocking(move || Ok((forge.diff_stat(&w)?, forge.unified_diff(&w)?))).await {
             Ok(d) => d,
             Err(e) => return Ok(StepResult::Failed(format!("diffing the branch: {e}"))),
         };
-    let title = docs
-        .get("pr_title")
-        .and_then(Value::as_str)
-        .unwrap_or(&ctx.run.title);
-    let title = format!("[AI] {title}");
+    // The issue's title, as the original did: reviewers find the PR from the issue.
+    let title: String = format!("[AI] {}", ctx.run.title)
+        .chars()
+        .take(256)
+        .collect();
     let body = pr_body(ctx, &docs, &stat).await?;
-    let draft = PullRequestDraft {
+    let mut draft = PullRequestDraft {
         run_id: ctx.run.id.to_string(),
         forge: "local".into(),
         number: None,
@@ -828,11 +935,30 @@ async fn write(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
         diff_stat: stat,
         state: "open".into(),
     };
+    if let Some((gh, name)) = on_github(ctx, env) {
+        let new = NewPullRequest {
+            title: draft.title.clone(),
+            body: draft.body.clone(),
+            head: draft.head.clone(),
+            base: draft.base.clone(),
+        };
+        match gh.pull_request(&name, &new).await {
+            Ok((pr, action)) => {
+                draft.forge = "github".into();
+                draft.number = i64::try_from(pr.number).ok();
+                draft.url = Some(pr.html_url);
+                draft.state = pr.state;
+                tracing::info!(run = %ctx.run.id, number = pr.number, ?action, "pull request");
+            }
+            Err(e) => return Ok(StepResult::Failed(e)),
+        }
+    }
     ctx.store.upsert_pull_request(&draft).await?;
     events.push((
         EventKind::PullRequestUpdated,
-        json!({"forge": "local", "head": ws.branch, "base": ws.base_branch_name,
-               "title": title, "repository": ws.repo.display().to_string()}),
+        json!({"forge": draft.forge, "head": ws.branch, "base": ws.base_branch_name,
+               "title": title, "number": draft.number, "url": draft.url,
+               "repository": ws.repo.display().to_string()}),
     ));
     Ok(StepResult::Done {
         artifacts: vec![

@@ -8,7 +8,28 @@ use atlasia_core::{EventKind, Run};
 use atlasia_llm::{CallMeta, ChatRequest, ChatResponse, Gateway};
 use atlasia_store::Store;
 use serde_json::{Value, json};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Default of how long a step keeps retrying an LLM call that failed for a passing reason
+/// (every endpoint rate-limited, overloaded, unreachable or behind an open breaker) before the
+/// step fails: a burst of 429s must slow bolts down, not lose them.
+pub const LLM_PATIENCE: Duration = Duration::from_secs(10 * 60);
+/// First wait between such retries; doubles up to [`LLM_RETRY_MAX`].
+const LLM_RETRY_FIRST: Duration = Duration::from_secs(2);
+const LLM_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// True when every endpoint failed for a reason that passes with time.
+fn passing(e: &atlasia_llm::GatewayError) -> bool {
+    match e {
+        atlasia_llm::GatewayError::AllFailed { causes, .. } => {
+            !causes.is_empty()
+                && causes
+                    .iter()
+                    .all(|(_, c)| c.is_retryable() || c.kind == atlasia_llm::ErrorKind::CircuitOpen)
+        }
+        _ => false,
+    }
+}
 use tokio_util::sync::CancellationToken;
 
 /// The context of one step of one run.
@@ -25,6 +46,8 @@ pub struct StepCtx<'a> {
     pub step: &'a str,
     /// Cancelled when the lease is lost, the run is paused or cancelled, or on shutdown.
     pub cancel: &'a CancellationToken,
+    /// How long an LLM call that fails for a passing reason is retried (see [`LLM_PATIENCE`]).
+    pub patience: Duration,
 }
 
 /// Why an LLM call produced no answer.
@@ -88,9 +111,30 @@ impl StepCtx<'_> {
         )
         .await;
         let started = Instant::now();
-        let answer = tokio::select! {
-            r = self.gateway.chat(&meta, req) => r,
-            () = self.cancel.cancelled() => return Err(CallError::Cancelled),
+        let mut wait = LLM_RETRY_FIRST;
+        let answer = loop {
+            let answer = tokio::select! {
+                r = self.gateway.chat(&meta, req.clone()) => r,
+                () = self.cancel.cancelled() => return Err(CallError::Cancelled),
+            };
+            match answer {
+                Err(e) if passing(&e) && started.elapsed() + wait < self.patience => {
+                    tracing::warn!(run = %self.run.id, agent = %contract.name, error = %e,
+                        retry_in_s = wait.as_secs(), "LLM unavailable; the step waits");
+                    self.emit(
+                        EventKind::LlmCallFailed,
+                        json!({"step": self.step, "agent": contract.name,
+                               "error": e.to_string(), "retry_in_ms": wait.as_millis()}),
+                    )
+                    .await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.cancel.cancelled() => return Err(CallError::Cancelled),
+                    }
+                    wait = (wait * 2).min(LLM_RETRY_MAX);
+                }
+                other => break other,
+            }
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match answer {

@@ -1,7 +1,7 @@
-//! The bolt engine's building blocks: agent contracts and artifact schemas (`ai/`), the review
-//! verdict rule and the judge rubric, the local git forge, the write path policy and the
-//! sandboxed command runner; and the workers that claim runs and drive them through the
-//! implemented steps (PM, QUALIFIER, ARCHITECT so far).
+//! The bolt engine: agent contracts and artifact schemas (`ai/`), the steps (planning, the
+//! Developer's tool loop, review, tester, judge, writer), the review verdict rule and the judge
+//! rubric, the forges (local git, GitHub), the write path policy, the sandboxed command runner,
+//! and the workers that claim runs and drive them through the pipeline.
 
 pub mod bolt;
 pub mod contracts;
@@ -12,6 +12,7 @@ pub mod forge;
 pub mod judge;
 pub mod ledger;
 pub mod policy;
+pub mod progress;
 pub mod review;
 pub mod sandbox;
 pub mod steps;

@@ -8,6 +8,7 @@ use crate::bolt::{self, BoltLimits, Env, StepResult};
 use crate::contracts::Contracts;
 use crate::ctx::StepCtx;
 use crate::forge::LocalForge;
+use crate::forge::github::GithubForge;
 use crate::policy::PathPolicy;
 use crate::steps::{FIRST_STEP, PIPELINE};
 use atlasia_core::{Autonomy, EventKind, Run, RunId, RunStatus};
@@ -36,6 +37,8 @@ pub struct WorkerConfig {
     pub limits: BoltLimits,
     /// Where writes may go.
     pub policy: PathPolicy,
+    /// GitHub, when configured: the client and how long to wait for check runs.
+    pub github: Option<(atlasia_github::GithubClient, atlasia_github::CheckWait)>,
 }
 
 impl Default for WorkerConfig {
@@ -46,6 +49,7 @@ impl Default for WorkerConfig {
             data_dir: PathBuf::from("data"),
             limits: BoltLimits::default(),
             policy: PathPolicy::from_env(),
+            github: None,
         }
     }
 }
@@ -101,8 +105,13 @@ impl Worker {
         config: WorkerConfig,
         owner: String,
     ) -> Self {
+        let github = config
+            .github
+            .clone()
+            .map(|(client, wait)| Arc::new(GithubForge::new(client, wait, &config.data_dir)));
         let env = Arc::new(Env {
             forge: Arc::new(LocalForge::new(&config.data_dir)),
+            github,
             policy: config.policy.clone(),
             limits: config.limits.clone(),
             // Verify commands run in the worktree: a relative path would resolve there.
@@ -192,6 +201,7 @@ impl Worker {
             held.clone(),
         ));
         let id = run.id;
+        self.progress(id).await;
         let result = self.steps(run, &held).await;
         held.cancel();
         // The heartbeat only ends on `held`; its result carries nothing.
@@ -242,12 +252,15 @@ impl Worker {
                 owner: &self.owner,
                 step,
                 cancel: held,
+                patience: self.env.limits.llm_patience,
             };
             let started = std::time::Instant::now();
             let result = bolt::execute(&ctx, &self.env).await?;
             metrics::histogram!("workflow_step_duration_seconds", "agent" => step)
                 .record(started.elapsed().as_secs_f64());
-            if !self.record(&run, step, result).await? {
+            let goes_on = self.record(&run, step, result).await?;
+            self.progress(id).await;
+            if !goes_on {
                 return Ok(());
             }
         }
@@ -336,6 +349,13 @@ impl Worker {
                 tracing::info!(run = %id, %step, %reason, "bolt escalated");
                 Ok(false)
             }
+        }
+    }
+
+    /// Updates the GitHub progress comment (runs on GitHub only; best effort).
+    async fn progress(&self, id: RunId) {
+        if let Some(gh) = self.env.github.as_deref() {
+            crate::progress::report(&self.store, gh, id).await;
         }
     }
 

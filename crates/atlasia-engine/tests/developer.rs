@@ -173,6 +173,7 @@ impl Harness {
             owner: &self.owner,
             step: "DEVELOPER",
             cancel,
+            patience: std::time::Duration::ZERO,
         };
         let contract = self.contracts.agent("developer").unwrap();
         let wd = Workdir::new(self.repo.path());

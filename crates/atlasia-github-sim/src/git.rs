@@ -47,7 +47,16 @@ pub(crate) async fn serve(State(shared): St, req: Request) -> Response {
         );
         return r;
     }
-    match cgi(&shared.cfg.git_root, req).await {
+    // After a push, note the new heads of branches whose check runs follow pushes.
+    let pushed_repo = (req.method() == axum::http::Method::POST
+        && path.ends_with("/git-receive-pack"))
+    .then(|| repo_of(&path))
+    .flatten();
+    let after = pushed_repo.map(|repo| {
+        let shared = shared.clone();
+        move || crate::checks::note_push(shared, repo)
+    });
+    match cgi(&shared.cfg.git_root, req, after).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "git http-backend failed");
@@ -56,7 +65,23 @@ pub(crate) async fn serve(State(shared): St, req: Request) -> Response {
     }
 }
 
-async fn cgi(root: &std::path::Path, req: Request) -> Result<Response, String> {
+/// `owner/name` of a git path `/owner/name.git/...`.
+fn repo_of(path: &str) -> Option<String> {
+    let mut parts = path.trim_start_matches('/').splitn(3, '/');
+    let owner = parts.next()?;
+    let name = parts.next()?.strip_suffix(".git")?;
+    Some(format!("{owner}/{name}"))
+}
+
+async fn cgi<F, Fut>(
+    root: &std::path::Path,
+    req: Request,
+    after: Option<F>,
+) -> Result<Response, String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let (parts, body) = req.into_parts();
     let h = |name: header::HeaderName| {
         parts
@@ -118,6 +143,9 @@ async fn cgi(root: &std::path::Path, req: Request) -> Result<Response, String> {
             tracing::debug!(target: "sim_github::git", "{l}");
         }
         let _ = child.wait().await;
+        if let Some(after) = after {
+            after().await;
+        }
     });
     let mut out = BufReader::new(stdout);
     let mut status = StatusCode::OK;

@@ -1,10 +1,12 @@
 //! A faithful local fake of the parts of GitHub Atlasia uses, for tests: the REST API (App
-//! JWT → installation tokens, repositories, issues, comments, pull requests, check runs, job
-//! logs behind a redirect) with GitHub's status codes, error bodies and rate-limit headers;
+//! JWT → installation tokens, repositories, issues, comments (edits counted), pull requests,
+//! check runs scripted per ref or following the heads pushed to a branch, job logs behind a
+//! redirect) with GitHub's status codes, error bodies and rate-limit headers;
 //! fault switches (secondary and primary rate limits, 5xx, failing check-run listings, early
 //! token expiry); real git over smart HTTP through `git http-backend`; and a log of every
 //! request with credentials reduced to their kind.
 
+mod checks;
 mod git;
 mod rest;
 mod state;
@@ -14,7 +16,7 @@ pub use state::{Recorded, SimCheck, SimComment, SimConfig, SimPull};
 use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, patch, post};
-use state::{CheckData, Data, IssueData, RepoData, Shared};
+use state::{BranchChecks, CheckData, Data, IssueData, RepoData, Shared};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -123,6 +125,17 @@ impl SimGithub {
                 &path_str(&bare)?,
             ],
         )?;
+        // A reflog even though the repository is bare: check runs follow a branch's heads.
+        run_git(
+            None,
+            &[
+                "--git-dir",
+                &path_str(&bare)?,
+                "config",
+                "core.logAllRefUpdates",
+                "always",
+            ],
+        )?;
         let seed = self
             .shared
             .cfg
@@ -180,13 +193,16 @@ impl SimGithub {
     pub fn add_comment(&self, repo: &str, issue: u64, user: &str, body: &str) -> u64 {
         let mut d = self.shared.lock();
         let id = d.next_id();
+        let now = state::rfc3339(SystemTime::now());
         if let Some(r) = d.repos.get_mut(repo) {
             r.comments.push(SimComment {
                 id,
                 issue,
                 user: user.into(),
                 body: body.into(),
-                created_at: state::rfc3339(SystemTime::now()),
+                created_at: now.clone(),
+                updated_at: now,
+                edits: 0,
             });
         }
         id
@@ -198,6 +214,7 @@ impl SimGithub {
         let mut d = self.shared.lock();
         let mut ids = Vec::new();
         let mut data = Vec::new();
+        let started_at = state::rfc3339(SystemTime::now());
         for check in checks {
             let id = d.next_id();
             d.job_logs.insert(id, check.log.clone());
@@ -206,12 +223,52 @@ impl SimGithub {
                 id,
                 check,
                 polls: 0,
+                started_at: started_at.clone(),
             });
         }
         if let Some(r) = d.repos.get_mut(repo) {
             r.checks.insert(git_ref.to_owned(), data);
         }
         ids
+    }
+
+    /// Scripts check runs that follow pushes to `branch`: the k-th distinct head SHA the branch
+    /// has (counting from its creation, pushes over HTTP or on disk alike) gets `lists[k]`, and
+    /// every head after the last list gets the last one. Each commit gets its own check runs
+    /// (fresh ids, which are also job ids with their logs) the first time its check runs are
+    /// listed, and keeps them after the branch moves on. An empty `lists` means no checks.
+    pub fn set_branch_checks(&self, repo: &str, branch: &str, lists: Vec<Vec<SimCheck>>) {
+        if let Some(r) = self.shared.lock().repos.get_mut(repo) {
+            let b = r
+                .branch_checks
+                .entry(branch.to_owned())
+                .or_insert_with(|| BranchChecks {
+                    lists: Vec::new(),
+                    heads: Vec::new(),
+                });
+            b.lists = lists;
+        }
+    }
+
+    /// The distinct head SHAs `branch` of `repo` has had, oldest first (read from the bare
+    /// repository's reflog and current head; empty when the branch never existed).
+    pub fn branch_heads(&self, repo: &str, branch: &str) -> Vec<String> {
+        checks::branch_history(&self.git_dir(repo), branch)
+    }
+
+    /// The check runs listed so far for commit `sha` as `(id, name, polls)`.
+    pub fn check_runs_of(&self, repo: &str, sha: &str) -> Vec<(u64, String, usize)> {
+        self.shared
+            .lock()
+            .repos
+            .get(repo)
+            .and_then(|r| r.checks.get(sha))
+            .map(|c| {
+                c.iter()
+                    .map(|c| (c.id, c.check.name.clone(), c.polls))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The next `n` API requests answer 403 "secondary rate limit" with `retry-after: secs`.

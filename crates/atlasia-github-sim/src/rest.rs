@@ -18,7 +18,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::state::{Data, Recorded, Shared, SimComment, SimPull, Token, label_json, rfc3339};
+use crate::checks;
+use crate::state::{
+    CheckData, Data, Recorded, Shared, SimComment, SimPull, Token, label_json, rfc3339,
+};
 
 pub(crate) type St = State<Arc<Shared>>;
 
@@ -383,7 +386,7 @@ pub(crate) struct PageQuery {
 }
 
 fn comment_json(c: &SimComment) -> Value {
-    json!({"id": c.id, "user": {"login": c.user}, "body": c.body, "created_at": c.created_at, "updated_at": c.created_at})
+    json!({"id": c.id, "user": {"login": c.user}, "body": c.body, "created_at": c.created_at, "updated_at": c.updated_at})
 }
 
 /// `GET /repos/{owner}/{repo}/issues/{number}/comments?per_page&page`, oldest first, with a
@@ -462,12 +465,15 @@ pub(crate) async fn create_comment(
     if !r.issues.contains_key(&number) {
         return not_found();
     }
+    let now = rfc3339(SystemTime::now());
     let c = SimComment {
         id,
         issue: number,
         user: "atlasia[bot]".into(),
         body: text,
-        created_at: rfc3339(SystemTime::now()),
+        created_at: now.clone(),
+        updated_at: now,
+        edits: 0,
     };
     r.comments.push(c.clone());
     (StatusCode::CREATED, Json(comment_json(&c))).into_response()
@@ -496,6 +502,8 @@ pub(crate) async fn update_comment(
         return not_found();
     };
     c.body = text;
+    c.updated_at = rfc3339(SystemTime::now());
+    c.edits += 1;
     Json(comment_json(c)).into_response()
 }
 
@@ -680,48 +688,101 @@ pub(crate) async fn update_pull(
 }
 
 /// `GET /repos/{owner}/{repo}/commits/{ref}/check-runs` (the ref may contain slashes, hence
-/// the catch-all) — each listing advances the scripted checks by one state.
+/// the catch-all) — each listing advances the scripted checks by one state. A ref scripted
+/// literally (`set_checks`) answers as scripted; otherwise the ref is resolved to a commit and,
+/// when a branch with `set_branch_checks` has (or had) that commit as its head, the commit gets
+/// the list of its position among the branch's distinct heads.
 pub(crate) async fn commits(
     State(shared): St,
     Path((owner, repo, rest)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     let Some(git_ref) = rest.strip_suffix("/check-runs") else {
         return not_found();
     };
     let full = format!("{owner}/{repo}");
-    let mut d = shared.lock();
-    if d.faults.check_run_errors > 0 {
-        d.faults.check_run_errors -= 1;
-        return gh_error(StatusCode::INTERNAL_SERVER_ERROR, "Server Error");
-    }
-    let Some(r) = d.repos.get_mut(&full) else {
-        return not_found();
+    let base = host(&headers);
+    let branches: Vec<String> = {
+        let mut d = shared.lock();
+        if d.faults.check_run_errors > 0 {
+            d.faults.check_run_errors -= 1;
+            return gh_error(StatusCode::INTERNAL_SERVER_ERROR, "Server Error");
+        }
+        let Some(r) = d.repos.get_mut(&full) else {
+            return not_found();
+        };
+        if let Some(checks) = r.checks.get_mut(git_ref) {
+            return listing(&full, &base, git_ref, checks);
+        }
+        r.branch_checks.keys().cloned().collect()
     };
-    let runs: Vec<Value> = r
-        .checks
-        .get_mut(git_ref)
-        .map(|checks| {
-            checks
-                .iter_mut()
-                .map(|c| {
-                    let i = c.polls.min(c.check.states.len().saturating_sub(1));
-                    c.polls += 1;
-                    let (status, conclusion) = c
-                        .check
-                        .states
-                        .get(i)
-                        .cloned()
-                        .unwrap_or(("queued".into(), None));
-                    json!({
-                        "id": c.id, "name": c.check.name, "head_sha": git_ref,
-                        "status": status, "conclusion": conclusion,
-                        "app": {"slug": "github-actions"},
-                        "html_url": format!("https://github.com/{full}/actions/runs/1/job/{}", c.id),
-                    })
-                })
-                .collect()
+    if branches.is_empty() {
+        return listing(&full, &base, git_ref, &mut []);
+    }
+    let git_dir = shared.cfg.git_root.join(format!("{full}.git"));
+    let wanted = git_ref.to_owned();
+    let resolved = tokio::task::spawn_blocking(move || {
+        let sha = checks::resolve_commit(&git_dir, &wanted);
+        let histories: Vec<(String, Vec<String>)> = branches
+            .into_iter()
+            .map(|b| {
+                let h = checks::branch_history(&git_dir, &b);
+                (b, h)
+            })
+            .collect();
+        (sha, histories)
+    })
+    .await;
+    let Ok((sha, histories)) = resolved else {
+        return gh_error(StatusCode::INTERNAL_SERVER_ERROR, "Server Error");
+    };
+    let mut d = shared.lock();
+    checks::merge_histories(&mut d, &full, histories);
+    let Some(sha) = sha else {
+        return gh_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("No commit found for SHA: {git_ref}"),
+        );
+    };
+    checks::instantiate(&mut d, &full, &sha);
+    match d.repos.get_mut(&full).and_then(|r| r.checks.get_mut(&sha)) {
+        Some(checks) => listing(&full, &base, &sha, checks),
+        None => listing(&full, &base, &sha, &mut []),
+    }
+}
+
+/// The check-runs answer for `checks` of commit `head_sha`, advancing each by one state.
+fn listing(full: &str, base: &str, head_sha: &str, checks: &mut [CheckData]) -> Response {
+    let now = rfc3339(SystemTime::now());
+    let runs: Vec<Value> = checks
+        .iter_mut()
+        .map(|c| {
+            let i = c.polls.min(c.check.states.len().saturating_sub(1));
+            c.polls += 1;
+            let (status, conclusion) = c
+                .check
+                .states
+                .get(i)
+                .cloned()
+                .unwrap_or(("queued".into(), None));
+            let completed_at = (status == "completed").then(|| now.clone());
+            json!({
+                "id": c.id, "name": c.check.name, "head_sha": head_sha,
+                "node_id": format!("CR_sim{}", c.id),
+                "external_id": "",
+                "url": format!("{base}/repos/{full}/check-runs/{}", c.id),
+                "status": status, "conclusion": conclusion,
+                "started_at": c.started_at, "completed_at": completed_at,
+                "output": {"title": Value::Null, "summary": Value::Null, "text": Value::Null,
+                           "annotations_count": 0},
+                "check_suite": {"id": c.id},
+                "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
+                "details_url": format!("https://github.com/{full}/actions/runs/1/job/{}", c.id),
+                "html_url": format!("https://github.com/{full}/actions/runs/1/job/{}", c.id),
+                "pull_requests": [],
+            })
         })
-        .unwrap_or_default();
+        .collect();
     Json(json!({"total_count": runs.len(), "check_runs": runs})).into_response()
 }
 

@@ -70,6 +70,7 @@ pub(crate) struct CheckData {
     pub id: u64,
     pub check: SimCheck,
     pub polls: usize,
+    pub started_at: String,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +88,10 @@ pub struct SimComment {
     pub user: String,
     pub body: String,
     pub created_at: String,
+    /// Equals `created_at` until the comment is edited.
+    pub updated_at: String,
+    /// How many times `PATCH …/issues/comments/{id}` changed it.
+    pub edits: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,7 +111,21 @@ pub(crate) struct RepoData {
     pub issues: BTreeMap<u64, IssueData>,
     pub comments: Vec<SimComment>,
     pub pulls: Vec<SimPull>,
+    /// Scripted check runs by ref (a literal sha or name, or a full sha resolved from
+    /// `branch_checks`).
     pub checks: HashMap<String, Vec<CheckData>>,
+    /// Check runs that follow pushes to a branch.
+    pub branch_checks: BTreeMap<String, BranchChecks>,
+}
+
+/// Check runs scripted per pushed head of a branch: the k-th distinct head SHA gets `lists[k]`
+/// (the last list repeats).
+#[derive(Debug, Default)]
+pub(crate) struct BranchChecks {
+    pub lists: Vec<Vec<SimCheck>>,
+    /// The distinct head SHAs the branch has had, oldest first (kept when the branch moves on
+    /// or is deleted).
+    pub heads: Vec<String>,
 }
 
 #[derive(Debug)]

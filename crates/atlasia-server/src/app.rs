@@ -144,6 +144,7 @@ impl Application {
             tracing::info!("no LLM configured: /v1 answers 503 until [llm] or LLM_ENDPOINT is set");
         }
         let gateway = Arc::new(gateway);
+        let github = crate::github::client(&settings.github).map_err(StartError::Setup)?;
         if settings.engine.workers > 0 {
             let contracts = Contracts::embedded()
                 .map_err(|e| StartError::Setup(format!("agent contracts: {e}")))?;
@@ -153,6 +154,9 @@ impl Application {
                 data_dir: settings.storage.data_dir.clone(),
                 limits: settings.engine.limits(),
                 policy: atlasia_engine::policy::PathPolicy::from_env(),
+                github: github
+                    .clone()
+                    .map(|c| (c, crate::github::check_wait(&settings.github))),
             };
             WorkerPool::spawn(
                 settings.engine.workers,
@@ -165,7 +169,6 @@ impl Application {
             );
             tracing::info!(workers = settings.engine.workers, "engine workers started");
         }
-        let github = crate::github::client(&settings.github).map_err(StartError::Setup)?;
         let state = AppState {
             store,
             settings: Arc::new(settings),

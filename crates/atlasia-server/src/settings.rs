@@ -111,6 +111,9 @@ pub struct EngineSettings {
     pub output_cap_bytes: usize,
     /// Tokens (input + output) the developer may spend on one iteration.
     pub developer_max_tokens: u64,
+    /// How long a step keeps retrying LLM calls that fail for a passing reason (every endpoint
+    /// rate-limited, overloaded or unreachable) before it fails.
+    pub llm_patience_secs: u64,
 }
 
 impl Default for EngineSettings {
@@ -125,6 +128,7 @@ impl Default for EngineSettings {
             verify_timeout_secs: limits.verify_timeout.as_secs(),
             output_cap_bytes: limits.output_cap,
             developer_max_tokens: limits.developer_max_tokens,
+            llm_patience_secs: limits.llm_patience.as_secs(),
         }
     }
 }
@@ -138,6 +142,7 @@ impl EngineSettings {
             verify_timeout: std::time::Duration::from_secs(self.verify_timeout_secs),
             output_cap: self.output_cap_bytes,
             developer_max_tokens: self.developer_max_tokens,
+            llm_patience: std::time::Duration::from_secs(self.llm_patience_secs),
         }
     }
 }

@@ -90,6 +90,8 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
         data_dir: settings.storage.data_dir.clone(),
         limits: settings.engine.limits(),
         policy: PathPolicy::from_env(),
+        // `atlasia run` works on local repositories.
+        github: None,
     };
     let owner = format!("cli-{}-{}", std::process::id(), Timestamp::now().0);
     let worker = Worker::new(

@@ -198,6 +198,46 @@ on_both! {
     confirm_gate_approve_and_reject => confirm_gate_approve_and_reject;
     kill_during_developer_resumes_without_paying_twice => kill_during_developer_resumes_without_paying_twice;
     spent_budget_escalates => spent_budget_escalates;
+    a_burst_of_429s_slows_the_bolt_but_loses_nothing => a_burst_of_429s_slows_the_bolt_but_loses_nothing;
+}
+
+/// The provider refuses the first calls with 429 (more than the gateway's own retries absorb):
+/// the step waits and tries again instead of failing the bolt.
+async fn a_burst_of_429s_slows_the_bolt_but_loses_nothing(db: Db) {
+    let sim = Sim::start(&[
+        "--fail-first",
+        "4",
+        "--fail-status",
+        "429",
+        "--retry-after-secs",
+        "0",
+    ])
+    .await;
+    let extra = [
+        ("ATLASIA_LLM__RETRY__ATTEMPTS", "2"),
+        ("ATLASIA_LLM__RETRY__BASE_MS", "10"),
+    ];
+    let srv = server(TestDb::new(db).await, &sim, &extra).await;
+    let repo = user_repo();
+    let run = srv
+        .create_run(
+            json!({"repo": repo.path().display().to_string(), "title": "add() subtracts",
+                           "body": body(json!({"developer": [edit_to(FIXED_NEW)]}))}),
+        )
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
+    let evs = events(&srv, id).await;
+    let waits: Vec<&Value> = kinds(&evs, "llm_call_failed")
+        .into_iter()
+        .filter(|e| e["data"]["retry_in_ms"].is_number())
+        .collect();
+    assert!(!waits.is_empty(), "the 429s never reached the step");
+    let limited = srv.db.sql_cli(&format!(
+        "SELECT COUNT(*) FROM llm_calls WHERE run_id = '{id}' AND outcome = 'RATE_LIMIT'"
+    ));
+    assert!(limited.trim().parse::<i64>().unwrap() >= 3, "{limited}");
 }
 
 /// A bolt whose cap cannot pay for the next call stops for a human, resumable at that step.

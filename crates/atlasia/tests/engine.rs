@@ -292,6 +292,8 @@ async fn failing_llm_fails_the_run_with_the_cause(db: Db) {
         ("LLM_MODEL", "sim-model"),
         ("LLM_API_KEY", "sk-test-key"),
         ("ATLASIA_LLM__RETRY__BASE_MS", "10"),
+        // The step's own patience with a failing provider, short for the test.
+        ("ATLASIA_ENGINE__LLM_PATIENCE_SECS", "3"),
         ("ATLASIA_ENGINE__WORKERS", "1"),
         ("ATLASIA_ENGINE__POLL_MS", "50"),
     ];
@@ -306,6 +308,13 @@ async fn failing_llm_fails_the_run_with_the_cause(db: Db) {
     assert!(error.starts_with("pm: LLM call failed"), "{error}");
     assert_eq!(done["current_step"], "PM");
     assert!(artifacts(&srv, id).await.is_empty());
+    // It waited for the provider before giving up.
+    let waits = events(&srv, id)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "llm_call_failed" && e["data"]["retry_in_ms"].is_number())
+        .count();
+    assert!(waits >= 1, "no patient retry before failing");
 }
 
 /// A fake OpenAI endpoint that answers every request with the same schema-invalid JSON (`{}`)

@@ -332,6 +332,11 @@ impl LocalForge {
         Ok(paths)
     }
 
+    /// The worktree's HEAD commit id.
+    pub fn head(&self, ws: &Workspace) -> Result<String, ForgeError> {
+        git(&ws.path, &["rev-parse", "HEAD"])
+    }
+
     /// The full message of the branch's head commit.
     pub fn head_message(&self, ws: &Workspace) -> Result<String, ForgeError> {
         git(&ws.path, &["log", "-1", "--format=%B"])
