@@ -268,7 +268,10 @@ async fn plan(ctx: &StepCtx<'_>, env: &Env, agent: &str) -> Result<StepResult, S
     } else {
         None
     };
-    let c = context(env, ws.as_ref(), contract, 1).await;
+    let mut c = context(env, ws.as_ref(), contract, 1).await;
+    if ctx.step == crate::steps::FIRST_STEP {
+        c.issue_extra = issue_from_forge(ctx, env).await;
+    }
     let user = inputs(ctx.store, ctx.run, contract, &c).await?;
     Ok(match run_agent(ctx, contract, user).await {
         AgentOutcome::Artifact(v) => {
@@ -279,6 +282,40 @@ async fn plan(ctx: &StepCtx<'_>, env: &Env, agent: &str) -> Result<StepResult, S
         AgentOutcome::Cancelled => StepResult::Cancelled,
         AgentOutcome::Escalate(e) => over_budget(ctx, &e),
     })
+}
+
+/// Most issue comments the PM reads.
+const ISSUE_COMMENTS: usize = 20;
+
+/// The issue's labels and recent comments as GitHub has them now (bounded by the client), for
+/// the PM: the run stores only the title and body. Best effort.
+async fn issue_from_forge(ctx: &StepCtx<'_>, env: &Env) -> Map<String, Value> {
+    let mut extra = Map::new();
+    let (Some((gh, name)), Some(n)) = (
+        on_github(ctx, env),
+        ctx.run.issue_number.and_then(|n| u64::try_from(n).ok()),
+    ) else {
+        return extra;
+    };
+    match gh.client().issue_context(&name, n, ISSUE_COMMENTS).await {
+        Ok(ic) => {
+            extra.insert("labels".into(), json!(ic.issue.labels));
+            extra.insert("url".into(), json!(ic.issue.html_url));
+            extra.insert(
+                "comments".into(),
+                json!(
+                    ic.comments
+                        .iter()
+                        // Our own progress comments are not the issue's discussion.
+                        .filter(|c| !c.body.contains("<!-- atlasia:run:"))
+                        .map(|c| json!({"author": c.author, "body": c.body, "at": c.created_at}))
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
+        Err(e) => tracing::warn!(run = %ctx.run.id, error = %e, "issue context unavailable"),
+    }
+    extra
 }
 
 /// The trailer that marks a DEVELOPER commit of iteration `n`.

@@ -81,11 +81,18 @@ async fn body(store: &Store, run: &Run) -> Result<String, atlasia_store::StoreEr
                 ));
             }
         }
-        RunStatus::WaitingGate => out.push_str(&format!(
-            "\n**Waiting for approval** of the architecture: `POST /api/runs/{}/gates/\
-             architecture_approval/respond` `{{\"decision\":\"approve|reject\"}}`.\n",
-            run.id
-        )),
+        RunStatus::WaitingGate => {
+            let (what, gate) = if run.current_step.as_deref() == Some("WRITER") {
+                ("publishing the pull request", "publish_approval")
+            } else {
+                ("the architecture", "architecture_approval")
+            };
+            out.push_str(&format!(
+                "\n**Waiting for approval** of {what}: `POST /api/runs/{}/gates/{gate}/respond` \
+                 `{{\"decision\":\"approve|reject\"}}`.\n",
+                run.id
+            ));
+        }
         RunStatus::Failed => out.push_str(&format!(
             "\n**Failed:** {}\n",
             run.error.as_deref().unwrap_or("see the run's events")

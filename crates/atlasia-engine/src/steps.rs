@@ -70,6 +70,8 @@ pub struct Context {
     pub diff: Option<String>,
     /// Verify command results, for the tester.
     pub test_log: Option<Value>,
+    /// Fields read from the forge's issue (labels, recent comments), merged into `issue`.
+    pub issue_extra: Map<String, Value>,
     /// Extra top-level fields (a reviewer's `persona`, a judge's `voter`).
     pub extra: Map<String, Value>,
 }
@@ -97,8 +99,14 @@ pub async fn inputs(
     doc.extend(ctx.extra.clone());
     for input in &contract.inputs {
         let value = match input.as_str() {
-            "issue" => Some(json!({"repo": run.repo, "number": run.issue_number,
-                                   "title": run.title, "body": run.body})),
+            "issue" => {
+                let mut issue = json!({"repo": run.repo, "number": run.issue_number,
+                                       "title": run.title, "body": run.body});
+                if let Some(o) = issue.as_object_mut() {
+                    o.extend(ctx.issue_extra.clone());
+                }
+                Some(issue)
+            }
             "repo_tree" => ctx.repo_tree.as_ref().map(|t| json!(t)),
             "repo_docs" => ctx.repo_docs.clone(),
             "diff" => ctx.diff.as_ref().map(|d| json!(d)),

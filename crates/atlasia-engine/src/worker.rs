@@ -21,8 +21,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The gate a `confirm` run waits at after ARCHITECT.
+/// The gate a `confirm` or `observe` run waits at after ARCHITECT.
 pub const ARCHITECTURE_GATE: &str = "architecture_approval";
+/// The gate an `observe` run also waits at after JUDGE, before the WRITER publishes the pull
+/// request.
+pub const PUBLISH_GATE: &str = "publish_approval";
+
+/// The gate `autonomy` asks for after `step`, if any.
+pub fn gate_after(step: &str, autonomy: Autonomy) -> Option<&'static str> {
+    match (step, autonomy) {
+        ("ARCHITECT", Autonomy::Confirm | Autonomy::Observe) => Some(ARCHITECTURE_GATE),
+        ("JUDGE", Autonomy::Observe) => Some(PUBLISH_GATE),
+        _ => None,
+    }
+}
 
 /// How workers hold and look for runs, and where bolts keep their worktrees.
 #[derive(Debug, Clone)]
@@ -286,15 +298,15 @@ impl Worker {
                 mut events,
             } => {
                 let artifacts = owned(&artifacts);
-                let gate = step == "ARCHITECT" && run.autonomy != Autonomy::Autonomous;
-                let release = if gate {
-                    events.push((
-                        EventKind::GateOpened,
-                        json!({"gate": ARCHITECTURE_GATE, "step": next}),
-                    ));
-                    Some((RunStatus::WaitingGate, "gate architecture_approval"))
-                } else {
-                    None
+                // A loop-back from JUDGE does not exist; a gate only follows a forward step.
+                let gate = gate_after(step, run.autonomy);
+                let reason = gate.map(|g| format!("gate {g}"));
+                let release = match (gate, &reason) {
+                    (Some(g), Some(reason)) => {
+                        events.push((EventKind::GateOpened, json!({"gate": g, "step": next})));
+                        Some((RunStatus::WaitingGate, reason.as_str()))
+                    }
+                    _ => None,
                 };
                 let end = StepEnd {
                     step,
@@ -306,8 +318,8 @@ impl Worker {
                     release,
                 };
                 let done = self.store.end_step(id, owner, &end).await?;
-                tracing::info!(run = %id, %step, next, gate, "step completed");
-                Ok(done.is_some() && !gate)
+                tracing::info!(run = %id, %step, next, ?gate, "step completed");
+                Ok(done.is_some() && gate.is_none())
             }
             StepResult::Done { artifacts, events } => {
                 let end = StepEnd {

@@ -183,8 +183,9 @@ impl Store {
         row.map(Run::try_from).transpose()
     }
 
-    /// Moves `owner`'s RUNNING run to FAILED with `error` (the open step row fails with it) and
-    /// logs the status change. `None` when the lease is lost.
+    /// Moves `owner`'s RUNNING run to FAILED with `error` (the open step row fails with it),
+    /// stores a `step_error` artifact `{step, error}` and logs the status change. `None` when
+    /// the lease is lost.
     pub async fn fail_run(
         &self,
         run_id: RunId,
@@ -214,6 +215,16 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                // The failure as an artifact too, next to the outputs it replaces.
+                let step = r.current_step.as_deref().unwrap_or("ENGINE");
+                sqlx::query(INSERT_ARTIFACT)
+                    .bind(&id)
+                    .bind("step_error")
+                    .bind(step)
+                    .bind(Json(json!({"step": step, "error": error})))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 let data = json!({"from": RunStatus::Running, "to": RunStatus::Failed,
                                   "reason": error, "owner": owner});
                 insert_event!(&mut *tx, &id, r.seq(), EventKind::StatusChanged, data, now);

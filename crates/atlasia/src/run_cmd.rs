@@ -243,9 +243,14 @@ async fn summary(store: &Store, run: &Run) -> Result<u8, CliError> {
             EXIT_NEEDS_HUMAN
         }
         RunStatus::WaitingGate => {
+            let gate = if run.current_step.as_deref() == Some("WRITER") {
+                atlasia_engine::worker::PUBLISH_GATE
+            } else {
+                atlasia_engine::worker::ARCHITECTURE_GATE
+            };
             println!(
-                "waiting:  at the architecture gate. Start `atlasia serve` and answer with\n          \
-                 POST /api/runs/{}/gates/architecture_approval/respond {{\"decision\":\"approve\"}}",
+                "waiting:  at the {gate} gate. Start `atlasia serve` and answer with\n          \
+                 POST /api/runs/{}/gates/{gate}/respond {{\"decision\":\"approve\"}}",
                 run.id
             );
             EXIT_NEEDS_HUMAN

@@ -130,10 +130,11 @@ async fn planning_runs_then_developer_fails_without_a_repository(db: Db) {
         [
             ("ticket_plan", 1, "PM"),
             ("work_plan", 1, "QUALIFIER"),
-            ("architecture_notes", 1, "ARCHITECT")
+            ("architecture_notes", 1, "ARCHITECT"),
+            ("step_error", 1, "DEVELOPER")
         ]
     );
-    for a in &arts {
+    for a in arts.iter().filter(|a| a["kind"] != "step_error") {
         let kind = a["kind"].as_str().unwrap();
         assert!(contracts.validate(kind, &a["payload"]).is_ok(), "{a}");
     }
@@ -222,7 +223,8 @@ async fn killed_server_resumes_after_the_last_completed_step(db: Db) {
         [
             ("ticket_plan", 1),
             ("work_plan", 1),
-            ("architecture_notes", 1)
+            ("architecture_notes", 1),
+            ("step_error", 1)
         ]
     );
 
@@ -307,7 +309,7 @@ async fn failing_llm_fails_the_run_with_the_cause(db: Db) {
     let error = done["error"].as_str().unwrap();
     assert!(error.starts_with("pm: LLM call failed"), "{error}");
     assert_eq!(done["current_step"], "PM");
-    assert!(artifacts(&srv, id).await.is_empty());
+    assert_only_the_error_artifact(&artifacts(&srv, id).await, error);
     // It waited for the provider before giving up.
     let waits = events(&srv, id)
         .await
@@ -402,7 +404,15 @@ async fn invalid_answers_are_reasked_then_fail(db: Db) {
     );
     // The first answer and two corrections.
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
-    assert!(artifacts(&srv, id).await.is_empty());
+    assert_only_the_error_artifact(&artifacts(&srv, id).await, error);
+}
+
+/// A failed step leaves no output, only a `step_error` artifact saying why.
+fn assert_only_the_error_artifact(arts: &[Value], error: &str) {
+    assert_eq!(arts.len(), 1, "{arts:?}");
+    assert_eq!(arts[0]["kind"], "step_error");
+    assert_eq!(arts[0]["step"], "PM");
+    assert_eq!(arts[0]["payload"]["error"], error);
 }
 
 async fn shutdown_requeues_the_run(db: Db) {

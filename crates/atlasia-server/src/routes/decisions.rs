@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// The gates the engine can stop at; a run waits at most at one of them.
-pub const GATES: [&str; 1] = ["architecture_approval"];
+pub const GATES: [&str; 2] = [
+    atlasia_engine::worker::ARCHITECTURE_GATE,
+    atlasia_engine::worker::PUBLISH_GATE,
+];
 
 /// Longest gate comment, in characters.
 pub const MAX_COMMENT_CHARS: usize = 4000;
