@@ -551,7 +551,7 @@ async fn review(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> 
 /// Goes back to DEVELOPER on `edge` when its bound allows, else escalates.
 fn loop_back(
     ctx: &StepCtx<'_>,
-    mut artifacts: Vec<(String, Value)>,
+    artifacts: Vec<(String, Value)>,
     edge: &str,
     reason: &str,
     max: u32,
@@ -583,7 +583,12 @@ fn loop_back(
         };
     }
     let blocker = format!("{reason}; the {edge} loop-back bound ({max}) is used up");
-    match escalate(ctx, &blocker, "the loop-back bound") {
+    with_artifacts(artifacts, escalate(ctx, &blocker, "the loop-back bound"))
+}
+
+/// `result` with `artifacts` stored first (the step's own outputs before its escalation).
+fn with_artifacts(mut artifacts: Vec<(String, Value)>, result: StepResult) -> StepResult {
+    match result {
         StepResult::Escalate {
             artifacts: esc,
             reason,
@@ -882,21 +887,10 @@ async fn judge(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
             "the judges vetoed the change (weighted score {:.2})",
             decision.weighted
         );
-        return Ok(match escalate(ctx, &blocker, "a judge veto") {
-            StepResult::Escalate {
-                artifacts: esc,
-                reason,
-                resume,
-            } => {
-                artifacts.extend(esc);
-                StepResult::Escalate {
-                    artifacts,
-                    reason,
-                    resume,
-                }
-            }
-            other => other,
-        });
+        return Ok(with_artifacts(
+            artifacts,
+            escalate(ctx, &blocker, "a judge veto"),
+        ));
     }
     Ok(StepResult::Next {
         artifacts,

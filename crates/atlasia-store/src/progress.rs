@@ -7,6 +7,7 @@
 use crate::pool::{acquire, on_pool};
 use crate::row::RunRow;
 use crate::runs::insert_event;
+use crate::steps::{CLOSE_STEP, INSERT_ARTIFACT, INSERT_STEP, TOUCH_HELD};
 use crate::{Store, StoreError};
 use atlasia_core::{EventKind, Run, RunId, RunStatus, Timestamp};
 use serde_json::{Value, json};
@@ -46,10 +47,6 @@ impl<'a> StepEnd<'a> {
     }
 }
 
-const TOUCH_HELD: &str = "UPDATE workflow_runs SET last_event_seq = last_event_seq + 1, \
-    current_step = $1, updated_at = $2 \
-    WHERE id = $3 AND status = 'RUNNING' AND lease_owner = $4 RETURNING *";
-
 const BUMP_SEQ: &str =
     "UPDATE workflow_runs SET last_event_seq = last_event_seq + $1 WHERE id = $2";
 
@@ -66,19 +63,6 @@ const ROLL_UP_COST: &str = "UPDATE workflow_runs SET \
     tokens_in = COALESCE((SELECT SUM(tokens_in) FROM llm_calls WHERE run_id = $1), 0), \
     tokens_out = COALESCE((SELECT SUM(tokens_out) FROM llm_calls WHERE run_id = $1), 0) \
     WHERE id = $1";
-
-const CLOSE_STEP: &str = "UPDATE run_steps SET status = $1, finished_at = $2, error = $3 \
-    WHERE run_id = $4 AND seq = (SELECT MAX(seq) FROM run_steps \
-    WHERE run_id = $4 AND step = $5 AND status = 'RUNNING')";
-
-const INSERT_STEP: &str = "INSERT INTO run_steps (run_id, seq, step, attempt, status, started_at, \
-    finished_at) SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, \
-    (SELECT COUNT(*) FROM run_steps WHERE run_id = $1 AND step = $2) + 1, $3, $4, $5 \
-    FROM run_steps WHERE run_id = $1";
-
-const INSERT_ARTIFACT: &str = "INSERT INTO run_artifacts (run_id, kind, version, step, payload, \
-    created_at) SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4, $5 \
-    FROM run_artifacts WHERE run_id = $1 AND kind = $2 RETURNING CAST(version AS BIGINT)";
 
 const RELEASE: &str = "UPDATE workflow_runs SET status = $1, updated_at = $2, \
     lease_owner = NULL, lease_expires_at = NULL, \

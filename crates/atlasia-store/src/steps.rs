@@ -50,22 +50,22 @@ impl From<ArtifactRow> for Artifact {
 
 /// Bumps the event sequence (and optionally moves `current_step`) only while `owner` holds the
 /// lease on a RUNNING run: every write below depends on this row coming back.
-const TOUCH_HELD: &str = "UPDATE workflow_runs SET last_event_seq = last_event_seq + 1, \
+pub(crate) const TOUCH_HELD: &str = "UPDATE workflow_runs SET last_event_seq = last_event_seq + 1, \
     current_step = $1, updated_at = $2 \
     WHERE id = $3 AND status = 'RUNNING' AND lease_owner = $4 RETURNING *";
 
 /// A new step row; `seq` and `attempt` are computed in the statement so both backends agree.
-const INSERT_STEP: &str = "INSERT INTO run_steps (run_id, seq, step, attempt, status, started_at, \
+pub(crate) const INSERT_STEP: &str = "INSERT INTO run_steps (run_id, seq, step, attempt, status, started_at, \
     finished_at) SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, \
     (SELECT COUNT(*) FROM run_steps WHERE run_id = $1 AND step = $2) + 1, $3, $4, $5 \
     FROM run_steps WHERE run_id = $1";
 
 /// The step row a `start_step` opened, closed as DONE.
-const CLOSE_STEP: &str = "UPDATE run_steps SET status = $1, finished_at = $2, error = $3 \
+pub(crate) const CLOSE_STEP: &str = "UPDATE run_steps SET status = $1, finished_at = $2, error = $3 \
     WHERE run_id = $4 AND seq = (SELECT MAX(seq) FROM run_steps \
     WHERE run_id = $4 AND step = $5 AND status = 'RUNNING')";
 
-const INSERT_ARTIFACT: &str = "INSERT INTO run_artifacts (run_id, kind, version, step, payload, \
+pub(crate) const INSERT_ARTIFACT: &str = "INSERT INTO run_artifacts (run_id, kind, version, step, payload, \
     created_at) SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4, $5 \
     FROM run_artifacts WHERE run_id = $1 AND kind = $2 RETURNING CAST(version AS BIGINT)";
 
@@ -121,8 +121,8 @@ impl Store {
 
     /// Completes `step` in one transaction: closes (or inserts) its DONE step row, stores the
     /// artifact as the next version of `artifact_kind`, appends `step_completed` and moves
-    /// `current_step` to `next_step`. `None` when `owner` no longer holds the lease of a
-    /// RUNNING run; nothing is written then.
+    /// `current_step` to `next_step` (the simple case of [`Store::end_step`]). `None` when
+    /// `owner` no longer holds the lease of a RUNNING run; nothing is written then.
     pub async fn complete_step(
         &self,
         run_id: RunId,
@@ -132,55 +132,8 @@ impl Store {
         payload: &Value,
         next_step: Option<&str>,
     ) -> Result<Option<Run>, StoreError> {
-        let now = Timestamp::now().0;
-        let id = run_id.to_string();
-        let row: Option<RunRow> = on_pool!(self, |p| {
-            let _permit = self.write_permit().await?;
-            let mut tx = acquire!(self, p, tx);
-            let row: Option<RunRow> = sqlx::query_as(TOUCH_HELD)
-                .bind(next_step)
-                .bind(now)
-                .bind(&id)
-                .bind(owner)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(r) = &row {
-                let closed = sqlx::query(CLOSE_STEP)
-                    .bind("DONE")
-                    .bind(now)
-                    .bind(None::<String>)
-                    .bind(&id)
-                    .bind(step)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                // A step completed without `start_step` still leaves its record.
-                if closed == 0 {
-                    sqlx::query(INSERT_STEP)
-                        .bind(&id)
-                        .bind(step)
-                        .bind("DONE")
-                        .bind(now)
-                        .bind(Some(now))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let version: i64 = sqlx::query_scalar(INSERT_ARTIFACT)
-                    .bind(&id)
-                    .bind(artifact_kind)
-                    .bind(step)
-                    .bind(Json(payload))
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let data = json!({"step": step, "artifact": artifact_kind, "version": version,
-                                  "next_step": next_step});
-                insert_event!(&mut *tx, &id, r.seq(), EventKind::StepCompleted, data, now);
-                tx.commit().await?;
-            }
-            row
-        });
-        row.map(Run::try_from).transpose()
+        let end = crate::StepEnd::done(step, (artifact_kind, payload), next_step);
+        self.end_step(run_id, owner, &end).await
     }
 
     /// Moves `owner`'s RUNNING run to FAILED with `error` (the open step row fails with it),

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::bolts::*;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -32,79 +33,16 @@ async fn server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
     TestServer::start_with(db, &env).await
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = StdCommand::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Dev",
-            "-c",
-            "user.email=dev@example.invalid",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-const BUGGY: &str = "def add(a, b):\n    return a - b\n";
-const FIXED_OLD: &str = "    return a - b\n";
-const FIXED_NEW: &str = "    return a + b\n";
-const WRONG_NEW: &str = "    return a * b\n";
-
 /// A user's git repository on branch `trunk` with a bug, its tests, and an uncommitted file.
 fn user_repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    std::fs::write(p.join("calc.py"), BUGGY).unwrap();
-    std::fs::write(
-        p.join("test_calc.py"),
-        "import unittest\nfrom calc import add\n\n\nclass T(unittest.TestCase):\n    \
-         def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n\nif __name__ == \
-         \"__main__\":\n    unittest.main()\n",
-    )
-    .unwrap();
-    std::fs::write(
-        p.join(".atlasia.toml"),
-        "verify = [\"python3 -m unittest -q\"]\n",
-    )
-    .unwrap();
-    std::fs::write(p.join(".gitignore"), "__pycache__/\n").unwrap();
+    write_calc_project(p);
     git(p, &["init", "-q", "-b", "trunk"]);
     git(p, &["add", "-A"]);
     git(p, &["commit", "-q", "-m", "initial"]);
     std::fs::write(p.join("notes.txt"), "work in progress, not committed\n").unwrap();
     dir
-}
-
-/// A developer iteration that edits `calc.py`'s return line to `new`, then runs the tests.
-fn edit_to(new: &str) -> Value {
-    json!([
-        {"tool": "read_file", "args": {"path": "calc.py"}},
-        {"tool": "edit_file", "args": {"path": "calc.py", "old_text": FIXED_OLD, "new_text": new}},
-        {"tool": "run_command", "args": {"command": "python3 -m unittest -q"}},
-    ])
-}
-
-/// An iteration that undoes the previous wrong edit and writes `new`.
-fn re_edit(from: &str, new: &str) -> Value {
-    json!([
-        {"tool": "edit_file", "args": {"path": "calc.py", "old_text": from, "new_text": new}},
-    ])
-}
-
-/// An issue body carrying a simulator script.
-fn body(script: Value) -> String {
-    format!(
-        "`add(2, 3)` returns -1.\n\n<!-- atlasia-sim\n{}\n-->\n",
-        serde_json::to_string_pretty(&script).unwrap()
-    )
 }
 
 fn example(name: &str) -> PathBuf {
@@ -125,69 +63,11 @@ fn example_issue(name: &str) -> (String, String) {
     )
 }
 
-async fn wait_status(srv: &TestServer, id: &str, want: &[&str]) -> Value {
-    eventually(LIMIT, || async {
-        let (_, run) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
-        want.iter().any(|w| run["status"] == *w).then_some(run)
-    })
-    .await
-}
-
-async fn events(srv: &TestServer, id: &str) -> Vec<Value> {
-    let (s, v) = srv
-        .get(&format!("/api/runs/{id}/events?limit=1000"), ADMIN_TOKEN)
-        .await;
-    assert!(s.is_success(), "{v}");
-    v["items"].as_array().unwrap().clone()
-}
-
-async fn artifacts(srv: &TestServer, id: &str, kind: &str) -> Vec<Value> {
-    let (s, v) = srv
-        .get(&format!("/api/runs/{id}/artifacts"), ADMIN_TOKEN)
-        .await;
-    assert!(s.is_success(), "{v}");
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["kind"] == kind)
-        .cloned()
-        .collect()
-}
-
-fn kinds<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    evs.iter().filter(|e| e["kind"] == kind).collect()
-}
-
 async fn decide(srv: &TestServer, id: &str, path: &str, body: Value) {
     let (s, v) = srv
         .post(&format!("/api/runs/{id}/{path}"), ADMIN_TOKEN, &body)
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-}
-
-/// Checks the branch out in a scratch directory and runs its tests there.
-fn branch_tests_pass(repo: &Path, branch: &str) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    let out = StdCommand::new("git")
-        .args(["clone", "-q", "-b", branch])
-        .arg(repo)
-        .arg(dir.path().join("c"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    StdCommand::new("python3")
-        .args(["-m", "unittest", "-q"])
-        .current_dir(dir.path().join("c"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .unwrap()
-        .status
-        .success()
 }
 
 on_both! {
@@ -617,24 +497,6 @@ async fn kill_during_developer_resumes_without_paying_twice(db: Db) {
         replayed >= 1 && replayed <= before.get("developer").copied().unwrap_or(0) as usize,
         "replayed {replayed}, journaled before the kill {before:?}"
     );
-}
-
-/// Every file under `dir` with its content.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 async fn pr_head(srv: &TestServer, id: &str) -> String {

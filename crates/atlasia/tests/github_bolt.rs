@@ -15,6 +15,7 @@ mod common;
 
 use atlasia_github::sign;
 use atlasia_github_sim::{SimCheck, SimComment, SimConfig, SimGithub, SimPull};
+use common::bolts::*;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -31,9 +32,6 @@ const APP_ID: &str = "1001";
 const INSTALLATION: &str = "55";
 const TITLE: &str = "add() subtracts";
 
-const BUGGY: &str = "def add(a, b):\n    return a - b\n";
-const FIXED_OLD: &str = "    return a - b\n";
-const FIXED_NEW: &str = "    return a + b\n";
 const SWAPPED: &str = "    return b + a\n";
 /// What the failing CI job prints (only CI knows about this failure).
 const CI_LOG: &str = "##[group]Run python3 -m unittest -v\ntest_add (test_calc.T) ... FAIL\n\
@@ -133,29 +131,6 @@ fn app_key(dir: &Path) -> (PathBuf, Vec<u8>) {
     (key, public.stdout)
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = StdCommand::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Dev",
-            "-c",
-            "user.email=dev@example.invalid",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// `git` in the fake's bare repository.
 fn bare_git(bare: &Path, args: &[&str]) -> String {
     let mut all = vec!["--git-dir", bare.to_str().unwrap()];
@@ -179,20 +154,7 @@ fn seed_repo(bare: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::write(work.join("calc.py"), BUGGY).unwrap();
-    std::fs::write(
-        work.join("test_calc.py"),
-        "import unittest\nfrom calc import add\n\n\nclass T(unittest.TestCase):\n    \
-         def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n\nif __name__ == \
-         \"__main__\":\n    unittest.main()\n",
-    )
-    .unwrap();
-    std::fs::write(
-        work.join(".atlasia.toml"),
-        "verify = [\"python3 -m unittest -q\"]\n",
-    )
-    .unwrap();
-    std::fs::write(work.join(".gitignore"), "__pycache__/\n").unwrap();
+    write_calc_project(&work);
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "calc with a bug"]);
     git(&work, &["push", "-q", "origin", "main"]);
@@ -201,55 +163,6 @@ fn seed_repo(bare: &Path) {
         "refs/heads/main",
         "main is the default branch"
     );
-}
-
-/// Clones `branch` from the bare repository and runs its tests.
-fn branch_tests_pass(bare: &Path, branch: &str) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    let out = StdCommand::new("git")
-        .args(["clone", "-q", "-b", branch])
-        .arg(bare)
-        .arg(dir.path().join("c"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    StdCommand::new("python3")
-        .args(["-m", "unittest", "-q"])
-        .current_dir(dir.path().join("c"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-/// A developer iteration that edits `calc.py`'s return line to `new`, then runs the tests.
-fn edit_to(new: &str) -> Value {
-    json!([
-        {"tool": "read_file", "args": {"path": "calc.py"}},
-        {"tool": "edit_file", "args": {"path": "calc.py", "old_text": FIXED_OLD, "new_text": new}},
-        {"tool": "run_command", "args": {"command": "python3 -m unittest -q"}},
-    ])
-}
-
-/// An iteration that changes the return line from `from` to `new`.
-fn re_edit(from: &str, new: &str) -> Value {
-    json!([
-        {"tool": "edit_file", "args": {"path": "calc.py", "old_text": from, "new_text": new}},
-        {"tool": "run_command", "args": {"command": "python3 -m unittest -q"}},
-    ])
-}
-
-/// An issue body carrying a simulator script.
-fn body(script: Value) -> String {
-    format!(
-        "`add(2, 3)` returns -1.\n\n<!-- atlasia-sim\n{}\n-->\n",
-        serde_json::to_string_pretty(&script).unwrap()
-    )
 }
 
 fn branch(n: u64) -> String {
@@ -300,14 +213,6 @@ async fn run_for_issue(env: &Env, n: u64, body: &str) -> String {
     run["id"].as_str().unwrap().to_owned()
 }
 
-async fn wait_status(srv: &TestServer, id: &str, want: &[&str]) -> Value {
-    eventually(LIMIT, || async {
-        let (_, run) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
-        want.iter().any(|w| run["status"] == *w).then_some(run)
-    })
-    .await
-}
-
 /// Waits for a terminal state and asserts DONE, with everything useful when it is not.
 async fn wait_done(env: &Env, id: &str) -> Value {
     let run = wait_status(&env.srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
@@ -349,34 +254,6 @@ async fn wait_step_completed(srv: &TestServer, id: &str, step: &str) {
             .then_some(())
     })
     .await;
-}
-
-async fn events(srv: &TestServer, id: &str) -> Vec<Value> {
-    let (s, v) = srv
-        .get(&format!("/api/runs/{id}/events?limit=1000"), ADMIN_TOKEN)
-        .await;
-    assert!(s.is_success(), "{v}");
-    v["items"].as_array().unwrap().clone()
-}
-
-async fn all_artifacts(srv: &TestServer, id: &str) -> Vec<Value> {
-    let (s, v) = srv
-        .get(&format!("/api/runs/{id}/artifacts"), ADMIN_TOKEN)
-        .await;
-    assert!(s.is_success(), "{v}");
-    v["items"].as_array().unwrap().clone()
-}
-
-async fn artifacts(srv: &TestServer, id: &str, kind: &str) -> Vec<Value> {
-    all_artifacts(srv, id)
-        .await
-        .into_iter()
-        .filter(|a| a["kind"] == kind)
-        .collect()
-}
-
-fn kinds<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    evs.iter().filter(|e| e["kind"] == kind).collect()
 }
 
 async fn pull_request(srv: &TestServer, id: &str) -> Value {

@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::bolts::*;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn example(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,24 +19,6 @@ fn example(rel: &str) -> String {
         .unwrap()
         .display()
         .to_string()
-}
-
-/// Every file under `dir` with its content.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Runs `atlasia run` in a fresh directory without any LLM settings.

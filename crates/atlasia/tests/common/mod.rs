@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bolts;
+
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
