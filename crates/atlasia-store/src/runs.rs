@@ -294,6 +294,26 @@ impl Store {
         Ok(count as u64)
     }
 
+    /// The run's newest event of `kind`, if any.
+    pub async fn latest_event(
+        &self,
+        id: RunId,
+        kind: EventKind,
+    ) -> Result<Option<RunEvent>, StoreError> {
+        let row: Option<EventRow> = on_pool!(self, |p| {
+            let mut conn = acquire!(self, p);
+            sqlx::query_as(
+                "SELECT run_id, seq, kind, data, created_at FROM run_events \
+                 WHERE run_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(id.to_string())
+            .bind(kind.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+        });
+        row.map(RunEvent::try_from).transpose()
+    }
+
     /// The run's events with `seq > after`, oldest first, at most `limit`.
     pub async fn events(
         &self,

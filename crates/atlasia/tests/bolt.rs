@@ -433,6 +433,66 @@ async fn confirm_gate_approve_and_reject(db: Db) {
             .iter()
             .all(|e| e["data"]["step"] != "DEVELOPER")
     );
+
+    // `observe`: the architecture gate, then a second gate before the pull request.
+    let run = srv
+        .create_run(json!({"repo": repo.path().display().to_string(),
+                           "title": "add() subtracts", "autonomy": "observe",
+                           "body": body(json!({"developer": [edit_to(FIXED_NEW)]}))}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    wait_status(&srv, id, &["WAITING_GATE"]).await;
+    // Answering a gate the run does not wait at is refused.
+    let (s, v) = srv
+        .post(
+            &format!("/api/runs/{id}/gates/publish_approval/respond"),
+            ADMIN_TOKEN,
+            &json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("architecture_approval"),
+        "{v}"
+    );
+    decide(
+        &srv,
+        id,
+        "gates/architecture_approval/respond",
+        json!({"decision": "approve"}),
+    )
+    .await;
+    let parked = eventually(BOLT_LIMIT, || async {
+        let (_, r) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
+        (r["status"] == "WAITING_GATE" && r["current_step"] == "WRITER").then_some(r)
+    })
+    .await;
+    assert_eq!(parked["current_step"], "WRITER");
+    let (s, _) = srv
+        .get(&format!("/api/runs/{id}/pull-request"), ADMIN_TOKEN)
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "nothing is published before the gate"
+    );
+    let gates: Vec<String> = kinds(&events(&srv, id).await, "gate_opened")
+        .iter()
+        .map(|e| e["data"]["gate"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(gates, ["architecture_approval", "publish_approval"]);
+    decide(
+        &srv,
+        id,
+        "gates/publish_approval/respond",
+        json!({"decision": "approve"}),
+    )
+    .await;
+    let done = wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(done["status"], "DONE", "{done}");
 }
 
 async fn kill_during_developer_resumes_without_paying_twice(db: Db) {

@@ -87,7 +87,8 @@ fn free_text(field: &str, text: Option<String>, max: usize) -> Result<Option<Str
 
 /// `POST /api/runs/{id}/gates/{gate}/respond`: approve requeues the run (the engine continues
 /// from its `current_step`), reject fails it. 422 `gate` for a gate the engine does not have,
-/// 409 with `current_status` when the run is not waiting at a gate.
+/// 409 with `current_status` when the run is not waiting at a gate, 409 `conflict` when it
+/// waits at another gate.
 pub async fn respond_gate(
     State(st): State<AppState>,
     AsOperator(caller): AsOperator,
@@ -100,6 +101,24 @@ pub async fn respond_gate(
             field: "gate".into(),
             message: format!("unknown gate '{gate}'; known: {}", GATES.join(", ")),
         });
+    }
+    // The answer must name the gate the engine opened (runs parked some other way have none).
+    let opened = st
+        .store
+        .latest_event(id, atlasia_core::EventKind::GateOpened)
+        .await?;
+    if let Some(waiting) = opened
+        .as_ref()
+        .and_then(|e| e.data.get("gate"))
+        .and_then(|g| g.as_str())
+        .filter(|g| *g != gate)
+    {
+        let run = st.store.get_run(id).await?;
+        if run.status == atlasia_core::RunStatus::WaitingGate {
+            return Err(ApiError::Conflict(format!(
+                "run {id} waits at gate '{waiting}', not '{gate}'"
+            )));
+        }
     }
     let comment = free_text("comment", body.comment, MAX_COMMENT_CHARS)?;
     let (action, error) = match body.decision {
