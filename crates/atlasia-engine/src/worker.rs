@@ -95,6 +95,13 @@ impl WorkerPool {
     ) {
         // The pid and start time tell processes apart (also across restarts of one host).
         let stamp = atlasia_core::Timestamp::now().0;
+        // Runs enqueued by other processes (PostgreSQL NOTIFY) wake these workers at once.
+        let (listen_store, stop) = (store.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            listen_store
+                .forward_queue_notifications(stop.cancelled_owned())
+                .await;
+        });
         let first = Worker::new(store, gateway, contracts, config, String::new());
         for i in 0..n {
             let worker = Worker {

@@ -96,6 +96,7 @@ impl Store {
             if let Some(r) = row {
                 if to == atlasia_core::RunStatus::Pending {
                     self.wake_workers();
+                    self.announce_queued().await;
                 }
                 return r.try_into();
             }

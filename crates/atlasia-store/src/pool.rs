@@ -229,3 +229,71 @@ impl Store {
         }
     }
 }
+
+/// The PostgreSQL channel a run that became claimable is announced on, so workers in other
+/// processes claim it at once rather than at their next poll.
+pub(crate) const QUEUE_CHANNEL: &str = "atlasia_queue";
+
+impl Store {
+    /// Announces a claimable run to other processes (PostgreSQL; a no-op on SQLite, where every
+    /// writer shares one file and the poll is the only cross-process signal).
+    pub(crate) async fn announce_queued(&self) {
+        if let DbPool::Postgres(p) = &self.pool {
+            let sent = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(QUEUE_CHANNEL)
+                .execute(p)
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "queue notification not sent; workers will poll");
+            }
+        }
+    }
+
+    /// On PostgreSQL, listens for runs announced by other processes and wakes this process's
+    /// idle workers, until `stop` resolves; reconnects after a lost connection. The listener
+    /// holds one connection of the pool. Returns at once on SQLite.
+    pub async fn forward_queue_notifications(&self, stop: impl std::future::Future<Output = ()>) {
+        let DbPool::Postgres(pool) = &self.pool else {
+            return;
+        };
+        tokio::pin!(stop);
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
+                l.listen(QUEUE_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = tokio::select! {
+                l = listener => match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for queued runs; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = &mut stop => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                },
+                () = &mut stop => return,
+            };
+            backoff = Duration::from_millis(250);
+            // Runs announced while we were not listening are found by the next claim.
+            self.wake_workers();
+            loop {
+                tokio::select! {
+                    n = listener.recv() => match n {
+                        Ok(_) => self.wake_workers(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "queue listener lost; reconnecting");
+                            break;
+                        }
+                    },
+                    () = &mut stop => return,
+                }
+            }
+        }
+    }
+}

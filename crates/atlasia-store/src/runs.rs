@@ -108,6 +108,7 @@ impl Store {
             row
         });
         self.wake_workers();
+        self.announce_queued().await;
         row.try_into()
     }
 
@@ -243,6 +244,7 @@ impl Store {
         });
         if to == RunStatus::Pending && row.is_some() {
             self.wake_workers();
+            self.announce_queued().await;
         }
         row.map(Run::try_from).transpose()
     }
@@ -290,6 +292,7 @@ impl Store {
         });
         if to == RunStatus::Pending && count > 0 {
             self.wake_workers();
+            self.announce_queued().await;
         }
         Ok(count as u64)
     }

@@ -630,3 +630,43 @@ async fn two_servers_never_run_the_same_bolt() {
         "both servers should have worked: {owners:?}"
     );
 }
+
+/// A run enqueued through one process wakes an idle worker in another at once (PostgreSQL
+/// NOTIFY), not at its next poll (here a minute away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_enqueued_elsewhere_wakes_idle_workers() {
+    if skip_postgres() {
+        return;
+    }
+    let sim = Sim::start(&[]).await;
+    let api_db = TestDb::new(Db::Postgres).await;
+    let worker_db = TestDb {
+        kind: Db::Postgres,
+        url: api_db.url.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let api = TestServer::start_with(api_db, &[]).await;
+    let worker = server(
+        worker_db,
+        &sim,
+        &[
+            ("ATLASIA_ENGINE__WORKERS", "1"),
+            ("ATLASIA_ENGINE__POLL_MS", "60000"),
+        ],
+    )
+    .await;
+    let repo = user_repo();
+    let run = api
+        .create_run(
+            json!({"repo": repo.path().display().to_string(), "title": "add() subtracts",
+                           "body": body(json!({"developer": [edit_to(FIXED_NEW)]}))}),
+        )
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let claimed = eventually(Duration::from_secs(15), || async {
+        let (_, r) = api.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
+        (r["status"] != "PENDING").then_some(r)
+    })
+    .await;
+    assert_ne!(claimed["status"], "PENDING", "{}", worker.log());
+}
