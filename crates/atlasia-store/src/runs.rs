@@ -68,6 +68,30 @@ macro_rules! insert_event {
 }
 pub(crate) use insert_event;
 
+/// Inserts `$new` as a PENDING run `$id` (its `run_created` event is the caller's, with the
+/// details it knows); evaluates to the stored row.
+macro_rules! insert_run {
+    ($conn:expr, $id:expr, $new:expr, $now:expr) => {
+        sqlx::query_as::<_, RunRow>(
+            "INSERT INTO workflow_runs (id, repo, issue_number, title, body, status, priority, \
+             autonomy, budget_usd, last_event_seq, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $7, $8, 1, $9, $9) RETURNING *",
+        )
+        .bind($id)
+        .bind(&$new.repo)
+        .bind($new.issue_number)
+        .bind(&$new.title)
+        .bind(&$new.body)
+        .bind($new.priority)
+        .bind($new.autonomy.as_str())
+        .bind($new.budget_usd)
+        .bind($now)
+        .fetch_one($conn)
+        .await?
+    };
+}
+pub(crate) use insert_run;
+
 /// The guarded status update: only if the run still has `from` (and, when `$5` names a lease
 /// holder, only while that worker still holds the lease); clears the lease when the run leaves
 /// RUNNING and stamps `finished_at` on terminal statuses.
@@ -86,22 +110,7 @@ impl Store {
         let row: RunRow = on_pool!(self, |p| {
             let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
-            let row: RunRow = sqlx::query_as(
-                "INSERT INTO workflow_runs (id, repo, issue_number, title, body, status, priority, \
-                 autonomy, budget_usd, last_event_seq, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $7, $8, 1, $9, $9) RETURNING *",
-            )
-            .bind(&id)
-            .bind(&new.repo)
-            .bind(new.issue_number)
-            .bind(&new.title)
-            .bind(&new.body)
-            .bind(new.priority)
-            .bind(new.autonomy.as_str())
-            .bind(new.budget_usd)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+            let row: RunRow = insert_run!(&mut *tx, &id, new, now);
             let data = json!({"status": "PENDING", "priority": new.priority});
             insert_event!(&mut *tx, &id, 1_i64, EventKind::RunCreated, data, now);
             tx.commit().await?;

@@ -4,7 +4,7 @@
 
 use crate::pool::{acquire, on_pool};
 use crate::row::RunRow;
-use crate::runs::insert_event;
+use crate::runs::{insert_event, insert_run};
 use crate::{Store, StoreError};
 use atlasia_core::{EventKind, NewRun, Run, RunId, Timestamp};
 use serde_json::json;
@@ -57,22 +57,7 @@ impl Store {
             } else {
                 let row = match (new, &id) {
                     (Some(new), Some(id)) => {
-                        let row: RunRow = sqlx::query_as(
-                            "INSERT INTO workflow_runs (id, repo, issue_number, title, body, status, \
-                             priority, autonomy, budget_usd, last_event_seq, created_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $7, $8, 1, $9, $9) RETURNING *",
-                        )
-                        .bind(id)
-                        .bind(&new.repo)
-                        .bind(new.issue_number)
-                        .bind(&new.title)
-                        .bind(&new.body)
-                        .bind(new.priority)
-                        .bind(new.autonomy.as_str())
-                        .bind(new.budget_usd)
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                        let row: RunRow = insert_run!(&mut *tx, id, new, now);
                         let data = json!({
                             "status": "PENDING",
                             "priority": new.priority,
@@ -89,9 +74,15 @@ impl Store {
             }
         });
         match created {
-            Some(row) => Ok(Delivery::Recorded {
-                run: row.map(Run::try_from).transpose()?.map(Box::new),
-            }),
+            Some(row) => {
+                if row.is_some() {
+                    self.wake_workers();
+                    self.announce_queued().await;
+                }
+                Ok(Delivery::Recorded {
+                    run: row.map(Run::try_from).transpose()?.map(Box::new),
+                })
+            }
             None => {
                 let (outcome, run_id): (String, Option<String>) = on_pool!(self, |p| {
                     let mut conn = acquire!(self, p);
