@@ -426,18 +426,12 @@ impl GithubClient {
         number: u64,
         body: &str,
     ) -> Result<Comment, GithubError> {
-        let body = truncate(body.to_owned(), MAX_OUTGOING_BODY).0;
-        let w: CommentWire = self
-            .json(
-                &Call::new(
-                    "POST /repos/{owner}/{repo}/issues/{number}/comments",
-                    Method::POST,
-                    format!("{}/issues/{number}/comments", repo.path()),
-                )
-                .json(json!({ "body": body })),
-            )
-            .await?;
-        Ok(w.into())
+        let call = Call::new(
+            "POST /repos/{owner}/{repo}/issues/{number}/comments",
+            Method::POST,
+            format!("{}/issues/{number}/comments", repo.path()),
+        );
+        self.send_comment(call, body).await
     }
 
     /// `PATCH /repos/{owner}/{repo}/issues/comments/{comment_id}`.
@@ -447,17 +441,18 @@ impl GithubClient {
         comment_id: u64,
         body: &str,
     ) -> Result<Comment, GithubError> {
+        let call = Call::new(
+            "PATCH /repos/{owner}/{repo}/issues/comments/{comment_id}",
+            Method::PATCH,
+            format!("{}/issues/comments/{comment_id}", repo.path()),
+        );
+        self.send_comment(call, body).await
+    }
+
+    /// Sends a comment body (cut to GitHub's limit) with `call`; the comment as GitHub stored it.
+    async fn send_comment(&self, call: Call, body: &str) -> Result<Comment, GithubError> {
         let body = truncate(body.to_owned(), MAX_OUTGOING_BODY).0;
-        let w: CommentWire = self
-            .json(
-                &Call::new(
-                    "PATCH /repos/{owner}/{repo}/issues/comments/{comment_id}",
-                    Method::PATCH,
-                    format!("{}/issues/comments/{comment_id}", repo.path()),
-                )
-                .json(json!({ "body": body })),
-            )
-            .await?;
+        let w: CommentWire = self.json(&call.json(json!({ "body": body }))).await?;
         Ok(w.into())
     }
 
