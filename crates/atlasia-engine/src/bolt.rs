@@ -127,10 +127,13 @@ impl StepResult {
 
 /// Runs `step` for the run in `ctx`.
 pub async fn execute(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
+    if let Some((_, agent)) = crate::steps::AGENT_STEPS
+        .iter()
+        .find(|(step, _)| *step == ctx.step)
+    {
+        return plan(ctx, env, agent).await;
+    }
     match ctx.step {
-        "PM" => plan(ctx, env, "pm").await,
-        "QUALIFIER" => plan(ctx, env, "qualifier").await,
-        "ARCHITECT" => plan(ctx, env, "architect").await,
         "DEVELOPER" => develop(ctx, env).await,
         "REVIEW" => review(ctx, env).await,
         "TESTER" => test(ctx, env).await,

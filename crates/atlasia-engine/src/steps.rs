@@ -29,7 +29,7 @@ pub const PIPELINE: [&str; 8] = [
     "WRITER",
 ];
 
-/// The structured single-conversation steps: (step, agent contract name).
+/// The planning steps, each one structured conversation: (step, agent contract name).
 pub const AGENT_STEPS: [(&str, &str); 3] = [
     ("PM", "pm"),
     ("QUALIFIER", "qualifier"),
