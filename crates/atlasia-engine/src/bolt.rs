@@ -14,7 +14,7 @@ use crate::forge::{LocalForge, Workspace, branch_name};
 use crate::judge::{self, JudgeVote, Outcome};
 use crate::policy::PathPolicy;
 use crate::review::{self, PersonaReview};
-use crate::sandbox::{self, CommandSpec};
+use crate::sandbox::{CommandSpec, Sandbox, SandboxError, Status as SandboxStatus};
 use crate::steps::{AgentOutcome, Context, inputs, run_agent};
 use crate::tools::{RunLimits, Workdir};
 use atlasia_core::EventKind;
@@ -85,6 +85,8 @@ pub struct Env {
     pub limits: BoltLimits,
     /// Shared build caches (`CARGO_TARGET_DIR`) for verify commands.
     pub cache_dir: PathBuf,
+    /// Where every command runs.
+    pub sandbox: Sandbox,
 }
 
 /// How a step ended.
@@ -377,6 +379,9 @@ async fn develop(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError>
         policy: env.policy.clone(),
         run: RunLimits {
             env_set: build_env(env),
+            sandbox: env.sandbox.clone(),
+            writable: build_writable(env),
+            network: repo_network(env, &ws).await,
             ..RunLimits::default()
         },
     };
@@ -670,6 +675,29 @@ fn build_env(env: &Env) -> Vec<(String, String)> {
     ]
 }
 
+/// Directories commands may write besides the worktree: the shared build cache.
+fn build_writable(env: &Env) -> Vec<PathBuf> {
+    vec![env.cache_dir.join("cargo-target")]
+}
+
+/// The repository's network opt-in for its commands: `[sandbox] network = true` in
+/// `.atlasia.toml` as committed at the bolt's base (the owner's word: a bolt that edits the file
+/// does not give itself the network).
+async fn repo_network(env: &Env, ws: &Workspace) -> bool {
+    let (forge, w) = (env.forge.clone(), ws.clone());
+    let text = tokio::task::spawn_blocking(move || forge.file_at_base(&w, ".atlasia.toml"))
+        .await
+        .ok()
+        .flatten();
+    text.and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|doc| {
+            doc.get("sandbox")
+                .and_then(|s| s.get("network"))
+                .and_then(toml::Value::as_bool)
+        })
+        .unwrap_or(false)
+}
+
 /// The verify commands: the repository's `.atlasia.toml` `verify = [...]` when present (the
 /// repository owner's word), else the work plan's.
 async fn verify_commands(ctx: &StepCtx<'_>, root: &Path) -> Result<Vec<String>, StoreError> {
@@ -696,12 +724,23 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
     };
     let n = reports(ctx).await?;
     let commands = verify_commands(ctx, &ws.path).await?;
+    if !commands.is_empty()
+        && let SandboxStatus::Unavailable(why) = env.sandbox.status()
+    {
+        // Running the commands unisolated is the operator's call (`sandbox.mode = "none"`);
+        // a PROCEED after fixing the sandbox runs the tests again.
+        let reason = SandboxError::Unavailable(why.clone()).to_string();
+        return Ok(escalate_to(ctx, &reason, "the sandbox", "TESTER"));
+    }
+    let network = repo_network(env, &ws).await;
     let mut results = Vec::new();
     for command in &commands {
         let mut spec = CommandSpec::new(command.clone(), ws.path.clone());
         spec.env_set = build_env(env);
+        spec.writable = build_writable(env);
+        spec.network = network;
         let outcome = tokio::select! {
-            r = sandbox::run(&spec, env.limits.verify_timeout, env.limits.output_cap) => r,
+            r = env.sandbox.run(&spec, env.limits.verify_timeout, env.limits.output_cap) => r,
             () = ctx.cancel.cancelled() => return Ok(StepResult::Cancelled),
         };
         let entry = match outcome {

@@ -9,7 +9,7 @@
 
 use crate::contracts;
 use crate::policy::{PathPolicy, PolicyError};
-use crate::sandbox::{self, CommandSpec, SandboxError};
+use crate::sandbox::{self, CommandSpec, Sandbox, SandboxError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -65,6 +65,12 @@ pub struct RunLimits {
     pub max_output: usize,
     /// Variables set for every command (e.g. a shared `CARGO_TARGET_DIR`); secrets are filtered.
     pub env_set: Vec<(String, String)>,
+    /// Where commands run.
+    pub sandbox: Sandbox,
+    /// Directories commands may write besides the worktree (the shared build cache).
+    pub writable: Vec<PathBuf>,
+    /// The repository's network opt-in.
+    pub network: bool,
 }
 
 impl Default for RunLimits {
@@ -77,6 +83,9 @@ impl Default for RunLimits {
             timeout: sandbox::DEFAULT_TIMEOUT,
             max_output: DEFAULT_RUN_OUTPUT,
             env_set: Vec::new(),
+            sandbox: Sandbox::default(),
+            writable: Vec::new(),
+            network: false,
         }
     }
 }
@@ -938,7 +947,14 @@ async fn run_command(wd: &Workdir, a: RunArgs, cancel: &CancellationToken) -> Ex
     }
     let mut spec = CommandSpec::new(a.command.trim(), wd.root.clone());
     spec.env_set.clone_from(&wd.run.env_set);
-    match sandbox::run_until(&spec, wd.run.timeout, wd.run.max_output, cancel).await {
+    spec.writable.clone_from(&wd.run.writable);
+    spec.network = wd.run.network;
+    match wd
+        .run
+        .sandbox
+        .run_until(&spec, wd.run.timeout, wd.run.max_output, cancel)
+        .await
+    {
         Ok(outcome) => {
             let status = if outcome.timed_out {
                 format!(

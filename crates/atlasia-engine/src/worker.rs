@@ -10,6 +10,7 @@ use crate::ctx::StepCtx;
 use crate::forge::LocalForge;
 use crate::forge::github::GithubForge;
 use crate::policy::PathPolicy;
+use crate::sandbox::Sandbox;
 use crate::steps::{FIRST_STEP, PIPELINE};
 use atlasia_core::{Autonomy, EventKind, Run, RunId, RunStatus};
 use atlasia_llm::Gateway;
@@ -51,6 +52,8 @@ pub struct WorkerConfig {
     pub policy: PathPolicy,
     /// GitHub, when configured: the client and how long to wait for check runs.
     pub github: Option<(atlasia_github::GithubClient, atlasia_github::CheckWait)>,
+    /// Where every command of a bolt runs (probed at start: [`Sandbox::start`]).
+    pub sandbox: Sandbox,
 }
 
 impl Default for WorkerConfig {
@@ -62,6 +65,7 @@ impl Default for WorkerConfig {
             limits: BoltLimits::default(),
             policy: PathPolicy::from_env(),
             github: None,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -137,6 +141,7 @@ impl Worker {
             cache_dir: std::path::absolute(&config.data_dir)
                 .unwrap_or_else(|_| config.data_dir.clone())
                 .join("cache"),
+            sandbox: config.sandbox.clone(),
         });
         Self {
             store,

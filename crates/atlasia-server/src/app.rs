@@ -145,6 +145,7 @@ impl Application {
         }
         let gateway = Arc::new(gateway);
         let github = crate::github::client(&settings.github).map_err(StartError::Setup)?;
+        let sandbox = atlasia_engine::sandbox::Sandbox::start(settings.sandbox_config()).await;
         if settings.engine.workers > 0 {
             let contracts = Contracts::embedded()
                 .map_err(|e| StartError::Setup(format!("agent contracts: {e}")))?;
@@ -157,6 +158,7 @@ impl Application {
                 github: github
                     .clone()
                     .map(|c| (c, crate::github::check_wait(&settings.github))),
+                sandbox: sandbox.clone(),
             };
             WorkerPool::spawn(
                 settings.engine.workers,
@@ -175,6 +177,7 @@ impl Application {
             metrics,
             gateway,
             github,
+            sandbox,
         };
         Ok(Self {
             listener,

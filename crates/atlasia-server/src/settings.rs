@@ -29,6 +29,119 @@ pub struct Settings {
     pub engine: EngineSettings,
     /// GitHub (`[github]`; the original `GITHUB_*` variables fill it too).
     pub github: GithubSettings,
+    /// The sandbox every command of a bolt runs in (`[sandbox]`).
+    pub sandbox: SandboxSettings,
+}
+
+/// The command sandbox: bubblewrap, its resource limits and the uid commands take under root.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// `bwrap` (default) or `none` (no isolation: an explicit opt-out, warned about).
+    pub mode: SandboxMode,
+    /// The bubblewrap binary; a bare name is looked up in `PATH`.
+    pub bwrap_path: PathBuf,
+    /// Address space per command process, MiB.
+    pub memory_mb: u64,
+    /// Processes (and threads) of the sandbox's uid.
+    pub max_processes: u64,
+    /// Largest file a command may write, MiB.
+    pub max_file_size_mb: u64,
+    /// Open files per command process.
+    pub max_open_files: u64,
+    /// Size of the private `/tmp` and of `HOME` (tmpfs, in memory), MiB each.
+    pub tmp_size_mb: u64,
+    /// The uid commands run as when the server runs as root.
+    pub uid: u32,
+    /// The gid commands run as when the server runs as root.
+    pub gid: u32,
+    /// The settings file these were loaded from (hidden from commands); not a setting.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// `sandbox.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    #[default]
+    Bwrap,
+    None,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        let c = atlasia_engine::sandbox::SandboxConfig::default();
+        Self {
+            mode: SandboxMode::Bwrap,
+            bwrap_path: c.bwrap_path,
+            memory_mb: c.limits.memory_mb,
+            max_processes: c.limits.processes,
+            max_file_size_mb: c.limits.file_size_mb,
+            max_open_files: c.limits.open_files,
+            tmp_size_mb: c.limits.tmp_size_mb,
+            uid: c.run_as.0,
+            gid: c.run_as.1,
+            config_file: None,
+        }
+    }
+}
+
+impl Settings {
+    /// What the engine's sandbox needs: the mode, the limits, and the paths it must never show
+    /// (the data directory, the settings file, the GitHub App key).
+    pub fn sandbox_config(&self) -> atlasia_engine::sandbox::SandboxConfig {
+        use atlasia_engine::sandbox::{Limits, Mode, SandboxConfig};
+        let s = &self.sandbox;
+        let mut hide = vec![self.storage.data_dir.clone()];
+        hide.extend(s.config_file.clone());
+        hide.extend(self.github.private_key_path.clone());
+        let hide = hide
+            .into_iter()
+            .map(|p| p.canonicalize().or_else(|_| std::path::absolute(&p)).unwrap_or(p))
+            .collect();
+        SandboxConfig {
+            mode: match s.mode {
+                SandboxMode::Bwrap => Mode::Bwrap,
+                SandboxMode::None => Mode::None,
+            },
+            bwrap_path: s.bwrap_path.clone(),
+            limits: Limits {
+                memory_mb: s.memory_mb,
+                processes: s.max_processes,
+                file_size_mb: s.max_file_size_mb,
+                open_files: s.max_open_files,
+                tmp_size_mb: s.tmp_size_mb,
+            },
+            hide,
+            run_as: (s.uid, s.gid),
+        }
+    }
+
+    fn validate_sandbox(&self) -> Result<(), SettingsError> {
+        let s = &self.sandbox;
+        for (key, v) in [
+            ("sandbox.memory_mb", s.memory_mb),
+            ("sandbox.max_processes", s.max_processes),
+            ("sandbox.max_file_size_mb", s.max_file_size_mb),
+            ("sandbox.max_open_files", s.max_open_files),
+            ("sandbox.tmp_size_mb", s.tmp_size_mb),
+        ] {
+            if v == 0 {
+                return Err(SettingsError::new(key, "must be greater than 0"));
+            }
+        }
+        if s.uid == 0 {
+            return Err(SettingsError::new(
+                "sandbox.uid",
+                "must not be 0 (commands never run as root)",
+            ));
+        }
+        if s.bwrap_path.as_os_str().is_empty() {
+            return Err(SettingsError::new("sandbox.bwrap_path", "must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 /// GitHub: credentials (an App, or a personal access token), the webhook secret, limits.
@@ -328,6 +441,12 @@ impl Settings {
                     .map(|_| "auth.orchestrator_token".into()),
             );
         let mut settings: Settings = fig.extract().map_err(from_figment)?;
+        settings.sandbox.config_file = match file {
+            Some(f) => Some(f.to_path_buf()),
+            None => Path::new("atlasia.toml")
+                .exists()
+                .then(|| PathBuf::from("atlasia.toml")),
+        };
         settings.apply_legacy_llm_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
         settings.apply_github_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
         settings.validate()?;
@@ -418,6 +537,7 @@ impl Settings {
             .validate()
             .map_err(|(key, reason)| SettingsError { key, reason })?;
         self.validate_github()?;
+        self.validate_sandbox()?;
         if Backend::of_url(&self.db_url()).is_none() {
             return Err(SettingsError::new(
                 "database.url",

@@ -17,4 +17,6 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// The GitHub client, when `[github]` has credentials.
     pub github: Option<atlasia_github::GithubClient>,
+    /// The command sandbox, probed at start (shown by the readiness check).
+    pub sandbox: atlasia_engine::sandbox::Sandbox,
 }

@@ -43,10 +43,71 @@ pub async fn diagnose(settings: &Settings, server: Option<&str>) -> Vec<Finding>
     let mut out = vec![finding(Level::Ok, "settings", "valid")];
     out.extend(database(settings).await);
     out.push(disk(settings));
+    out.push(sandbox(settings).await);
     if let Some(url) = server {
         out.push(running_server(url).await);
     }
     out
+}
+
+/// Really runs a command in the sandbox the settings describe: OK when it is isolated (no
+/// network, its own PID namespace), WARN for `sandbox.mode = "none"`, FAIL when it cannot run.
+async fn sandbox(settings: &Settings) -> Finding {
+    use atlasia_engine::sandbox::{CommandSpec, Sandbox, Status};
+    let sandbox = Sandbox::start(settings.sandbox_config()).await;
+    match sandbox.status() {
+        Status::Disabled => {
+            return finding(
+                Level::Warn,
+                "sandbox",
+                "sandbox.mode = \"none\": commands of bolts run WITHOUT isolation",
+            );
+        }
+        Status::Unavailable(why) => {
+            return finding(
+                Level::Fail,
+                "sandbox",
+                format!(
+                    "unavailable: {why}; bolts refuse to run commands (install bubblewrap or \
+                     set sandbox.mode = \"none\")"
+                ),
+            );
+        }
+        Status::Enabled => {}
+    }
+    let dir = std::env::temp_dir().join(format!("atlasia-doctor-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return finding(Level::Fail, "sandbox", format!("creating {}: {e}", dir.display()));
+    }
+    // PID 1 is the sandbox's own init and no network interface but loopback exists.
+    let probe = r#"echo "pid=$$ uid=$(id -u) net=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')""#;
+    let started = Instant::now();
+    let res = sandbox
+        .run(&CommandSpec::new(probe, &dir), Duration::from_secs(20), 4096)
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match res {
+        Ok(o) if o.success() => finding(
+            Level::Ok,
+            "sandbox",
+            format!(
+                "bubblewrap at {}: a command ran isolated in {ms:.0} ms ({})",
+                settings.sandbox.bwrap_path.display(),
+                o.output_tail.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+        ),
+        Ok(o) => finding(
+            Level::Fail,
+            "sandbox",
+            format!(
+                "a test command failed (exit {:?}): {}",
+                o.exit_code,
+                o.output_tail.trim()
+            ),
+        ),
+        Err(e) => finding(Level::Fail, "sandbox", e.to_string()),
+    }
 }
 
 async fn database(settings: &Settings) -> Vec<Finding> {

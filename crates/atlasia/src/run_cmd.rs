@@ -92,6 +92,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
         policy: PathPolicy::from_env(),
         // `atlasia run` works on local repositories.
         github: None,
+        sandbox: atlasia_engine::sandbox::Sandbox::start(settings.sandbox_config()).await,
     };
     let owner = format!("cli-{}-{}", std::process::id(), Timestamp::now().0);
     let worker = Worker::new(

@@ -239,8 +239,12 @@ fn git_auth(dir: &Path, auth: &GitAuth, args: &[&str]) -> Result<String, String>
 }
 
 fn run_git(dir: &Path, args: &[&str], env: &[(&'static str, String)]) -> Result<String, String> {
+    // Worktrees may be owned by the sandbox's uid (see `LocalForge`'s git): trust this one.
+    let safe = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let out = Command::new("git")
         .current_dir(dir)
+        .arg("-c")
+        .arg(format!("safe.directory={}", safe.display()))
         .args([
             "-c",
             "core.hooksPath=/dev/null",

@@ -332,6 +332,12 @@ impl LocalForge {
         Ok(paths)
     }
 
+    /// `path` as committed at the bolt's base commit: the repository owner's version, whatever
+    /// the bolt changed since. `None` when it does not exist there.
+    pub fn file_at_base(&self, ws: &Workspace, path: &str) -> Option<String> {
+        git_raw_ok(&ws.path, &["show", &format!("{}:{path}", ws.base_commit)]).ok()
+    }
+
     /// The worktree's HEAD commit id.
     pub fn head(&self, ws: &Workspace) -> Result<String, ForgeError> {
         git(&ws.path, &["rev-parse", "HEAD"])
@@ -531,9 +537,15 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), ForgeError> {
 
 /// Runs git in `dir` with the fixed safety options and bot identity.
 fn git_output(dir: &Path, args: &[&str]) -> Result<Output, ForgeError> {
+    // A root server hands bolt worktrees to the sandbox's unprivileged uid (see
+    // `sandbox::owner`); git's ownership check must still let the forge work in the one
+    // directory it was pointed at, and only there.
+    let safe = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     Command::new("git")
         .arg("-C")
         .arg(dir)
+        .arg("-c")
+        .arg(format!("safe.directory={}", safe.display()))
         // The user's hooks must not run on the bot's commits or checkouts, signing would prompt
         // for keys, and the identity is fixed so no global git config is needed.
         .args([

@@ -1,5 +1,6 @@
 //! Liveness and readiness. Ready means: the database answers within the configured time and the
-//! data directory's disk has more free space than the floor. Each check reports its latency and,
+//! data directory's disk has more free space than the floor. The sandbox check is information
+//! only (a degraded sandbox never makes the server unready). Each check reports its latency and,
 //! when failing, why — the first thing an on-call engineer reads.
 
 use crate::state::AppState;
@@ -37,9 +38,11 @@ pub async fn ready(State(st): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Information, never a reason for 503: a degraded sandbox refuses commands per bolt.
+    let sandbox = check_sandbox(&st);
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
-        "checks": {"database": database, "disk": disk},
+        "checks": {"database": database, "disk": disk, "sandbox": sandbox},
     });
     (status, Json(body))
 }
@@ -111,5 +114,30 @@ fn check_disk(st: &AppState) -> Check {
         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
         reason,
         detail: Some(json!({"free_bytes": free, "min_free_bytes": floor})),
+    }
+}
+
+/// The command sandbox as probed at start: `ok` with bubblewrap, `degraded` with the reason when
+/// commands run unisolated (`sandbox.mode = "none"`) or are refused (unavailable).
+fn check_sandbox(st: &AppState) -> Check {
+    use atlasia_engine::sandbox::Status;
+    let status = st.sandbox.status();
+    let reason = match status {
+        Status::Enabled => None,
+        Status::Disabled => Some(
+            "sandbox.mode = \"none\": commands of bolts run without isolation".to_owned(),
+        ),
+        Status::Unavailable(why) => Some(format!(
+            "sandbox unavailable: {why}; bolts refuse to run commands"
+        )),
+    };
+    Check {
+        ok: reason.is_none(),
+        latency_ms: 0.0,
+        detail: Some(json!({
+            "mode": status.label(),
+            "state": if reason.is_none() { "ok" } else { "degraded" },
+        })),
+        reason,
     }
 }
