@@ -7,8 +7,8 @@
 use crate::bolt::{self, BoltLimits, Env, StepResult};
 use crate::contracts::Contracts;
 use crate::ctx::StepCtx;
-use crate::forge::LocalForge;
 use crate::forge::github::GithubForge;
+use crate::forge::{LocalForge, RepoAccess};
 use crate::policy::PathPolicy;
 use crate::steps::{FIRST_STEP, PIPELINE};
 use atlasia_core::{Autonomy, EventKind, Run, RunId, RunStatus};
@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     pub policy: PathPolicy,
     /// GitHub, when configured: the client and how long to wait for check runs.
     pub github: Option<(atlasia_github::GithubClient, atlasia_github::CheckWait)>,
+    /// Which local repositories bolts may work on (re-checked when a worktree is prepared),
+    /// and the import caps.
+    pub repos: RepoAccess,
 }
 
 impl Default for WorkerConfig {
@@ -62,6 +65,7 @@ impl Default for WorkerConfig {
             limits: BoltLimits::default(),
             policy: PathPolicy::from_env(),
             github: None,
+            repos: RepoAccess::anywhere(),
         }
     }
 }
@@ -129,7 +133,10 @@ impl Worker {
             .clone()
             .map(|(client, wait)| Arc::new(GithubForge::new(client, wait, &config.data_dir)));
         let env = Arc::new(Env {
-            forge: Arc::new(LocalForge::new(&config.data_dir)),
+            forge: Arc::new(LocalForge::with_access(
+                &config.data_dir,
+                config.repos.clone(),
+            )),
             github,
             policy: config.policy.clone(),
             limits: config.limits.clone(),
