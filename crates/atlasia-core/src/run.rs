@@ -136,7 +136,7 @@ pub struct NewRun {
 }
 
 /// True for `owner/name` with GitHub's allowed characters.
-fn is_forge_repo(repo: &str) -> bool {
+pub fn is_forge_repo(repo: &str) -> bool {
     let ok_part = |p: &str| {
         !p.is_empty()
             && p.len() <= 100
@@ -152,7 +152,7 @@ fn is_forge_repo(repo: &str) -> bool {
 }
 
 /// True for something that reads as a filesystem path rather than `owner/name`.
-fn is_local_path(repo: &str) -> bool {
+pub fn is_local_path(repo: &str) -> bool {
     repo.starts_with('/') || repo.starts_with("./") || repo.starts_with("../") || repo == "."
 }
 

@@ -170,6 +170,13 @@ pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String
     if let Some((gh, name)) = on_github(ctx, env) {
         return gh.prepare(&forge, &name, &id, &branch).await;
     }
+    if !atlasia_core::run::is_local_path(&ctx.run.repo) {
+        // `owner/name` never resolves to a folder on this host.
+        return Err(format!(
+            "repository '{}' is a GitHub owner/name, but GitHub is not configured ([github])",
+            ctx.run.repo
+        ));
+    }
     tokio::task::spawn_blocking(move || forge.prepare(&repo, &id, &branch))
         .await
         .map_err(|e| format!("preparing the repository: {e}"))?

@@ -7,8 +7,8 @@
 use crate::bolt::{self, BoltLimits, Env, StepResult};
 use crate::contracts::Contracts;
 use crate::ctx::StepCtx;
-use crate::forge::LocalForge;
 use crate::forge::github::GithubForge;
+use crate::forge::{LocalForge, RepoAccess};
 use crate::policy::PathPolicy;
 use crate::sandbox::Sandbox;
 use crate::steps::{FIRST_STEP, PIPELINE};
@@ -54,6 +54,9 @@ pub struct WorkerConfig {
     pub github: Option<(atlasia_github::GithubClient, atlasia_github::CheckWait)>,
     /// Where every command of a bolt runs (probed at start: [`Sandbox::start`]).
     pub sandbox: Sandbox,
+    /// Which local repositories bolts may work on (re-checked when a worktree is prepared),
+    /// and the import caps.
+    pub repos: RepoAccess,
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +69,7 @@ impl Default for WorkerConfig {
             policy: PathPolicy::from_env(),
             github: None,
             sandbox: Sandbox::default(),
+            repos: RepoAccess::anywhere(),
         }
     }
 }
@@ -133,7 +137,10 @@ impl Worker {
             .clone()
             .map(|(client, wait)| Arc::new(GithubForge::new(client, wait, &config.data_dir)));
         let env = Arc::new(Env {
-            forge: Arc::new(LocalForge::new(&config.data_dir)),
+            forge: Arc::new(LocalForge::with_access(
+                &config.data_dir,
+                config.repos.clone(),
+            )),
             github,
             policy: config.policy.clone(),
             limits: config.limits.clone(),

@@ -159,6 +159,7 @@ impl Application {
                     .clone()
                     .map(|c| (c, crate::github::check_wait(&settings.github))),
                 sandbox: sandbox.clone(),
+                repos: settings.repo_access(),
             };
             WorkerPool::spawn(
                 settings.engine.workers,
@@ -202,12 +203,16 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let grace = Duration::from_millis(self.state.settings.server.shutdown_timeout_ms);
         let app = router(self.state.clone());
-        let stop = shutdown.clone();
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let mut server = std::pin::pin!(server.into_future());
+        let limits = crate::listener::ConnLimits {
+            max_connections: self.state.settings.server.max_connections,
+            header_read_timeout: Duration::from_millis(
+                self.state.settings.server.header_read_timeout_ms,
+            ),
+        };
+        let server = crate::listener::serve(self.listener, app, limits, shutdown.clone());
+        let mut server = std::pin::pin!(server);
         tokio::select! {
-            res = &mut server => res?,
+            () = &mut server => {},
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(grace).await;

@@ -3,6 +3,7 @@
 //! everything to the log.
 
 use atlasia_core::{Role, RunStatus, ValidationError};
+use atlasia_engine::forge::RepoRefused;
 use atlasia_store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +32,13 @@ pub enum ApiError {
     InvalidTransition { message: String, current: RunStatus },
     #[error("{0}")]
     Conflict(String),
+    /// A local repository the server may not use (outside `server.repo_roots`, the data
+    /// directory, missing, not a directory).
+    #[error("repo: {0}")]
+    RepoNotAllowed(String),
+    /// Another run of the same repository and issue is active; carries its id.
+    #[error("run {0} of this repository and issue is still active; no second run was started")]
+    RunActive(String),
     #[error("the database connection pool is exhausted; retry shortly")]
     PoolTimeout,
     #[error("the request took longer than {0} ms")]
@@ -57,7 +65,10 @@ impl ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::InvalidTransition { .. } | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::InvalidTransition { .. } | Self::Conflict(_) | Self::RunActive(_) => {
+                StatusCode::CONFLICT
+            }
+            Self::RepoNotAllowed(_) => StatusCode::BAD_REQUEST,
             Self::PoolTimeout | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::WebhookSignature(_) => StatusCode::UNAUTHORIZED,
@@ -78,6 +89,8 @@ impl ApiError {
             Self::Forbidden { .. } => "forbidden",
             Self::InvalidTransition { .. } => "invalid_transition",
             Self::Conflict(_) => "conflict",
+            Self::RepoNotAllowed(_) => "repo_not_allowed",
+            Self::RunActive(_) => "run_active",
             Self::PoolTimeout => "db_pool_timeout",
             Self::Timeout(_) => "request_timeout",
             Self::Internal(_) => "internal",
@@ -104,6 +117,8 @@ impl IntoResponse for ApiError {
                 body["error"]["current_status"] = json!(current);
             }
             Self::Invalid { field, .. } => body["error"]["field"] = json!(field),
+            Self::RepoNotAllowed(_) => body["error"]["field"] = json!("repo"),
+            Self::RunActive(id) => body["error"]["run_id"] = json!(id),
             _ => {}
         }
         let mut resp = (status, axum::Json(body)).into_response();
@@ -129,6 +144,9 @@ impl From<StoreError> for ApiError {
                 current: t.from,
             },
             StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::RunActive(id) => {
+                Self::RunActive(id.unwrap_or_else(|| "(finished meanwhile)".to_owned()))
+            }
             StoreError::BadCursor => Self::Invalid {
                 field: "cursor".into(),
                 message: "is not a cursor this server issued".into(),
@@ -138,6 +156,12 @@ impl From<StoreError> for ApiError {
             | StoreError::Migrate(_)
             | StoreError::Db(_)) => Self::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<RepoRefused> for ApiError {
+    fn from(e: RepoRefused) -> Self {
+        Self::RepoNotAllowed(e.to_string())
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod github;
+pub mod listener;
 pub mod middleware;
 pub mod routes;
 pub mod settings;

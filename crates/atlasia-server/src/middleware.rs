@@ -2,7 +2,7 @@
 //! the log span), one log line per request, and the HTTP latency histogram by route template.
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::time::Instant;
@@ -21,11 +21,29 @@ fn correlation_id(req: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
+/// The metric's `method` label: the standard methods, anything else `OTHER`, so invented
+/// methods (any token is a valid HTTP method) cannot add series.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
 /// Wraps every request: id, span, log line, metric.
 pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = correlation_id(&req);
     let method = req.method().clone();
+    let method_label = method_label(&method);
     let span = tracing::info_span!("request", correlation_id = %id);
     let mut resp = next.run(req).instrument(span.clone()).await;
     // Route templates keep the metric's cardinality bounded; unmatched paths share one label.
@@ -40,7 +58,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     }
     metrics::histogram!(
         "http_server_requests_seconds",
-        "method" => method.to_string(),
+        "method" => method_label,
         "route" => route.clone(),
         "status" => status.to_string()
     )

@@ -272,6 +272,14 @@ pub struct ServerSettings {
     pub shutdown_timeout_ms: u64,
     /// A request still running after this gets 503 `request_timeout`.
     pub request_timeout_ms: u64,
+    /// Directories local repositories may come from (`ATLASIA_SERVER__REPO_ROOTS='["/srv/repos"]'`);
+    /// empty: `POST /api/runs` refuses every local path. Canonicalised at start.
+    pub repo_roots: Vec<PathBuf>,
+    /// A connection that has not sent a whole request head within this is closed (slowloris);
+    /// the same timer closes an idle keep-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 /// Log line format.
@@ -307,6 +315,10 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// Readiness fails when the data directory's disk has less free space than this.
     pub min_free_disk_mb: u64,
+    /// A plain folder with more files than this is not imported (checked before copying).
+    pub import_max_files: u64,
+    /// A plain folder with more bytes than this is not imported (checked before copying).
+    pub import_max_bytes: u64,
 }
 
 /// Authentication.
@@ -325,6 +337,9 @@ impl Default for ServerSettings {
             log_format: LogFormat::Text,
             shutdown_timeout_ms: 30_000,
             request_timeout_ms: 30_000,
+            repo_roots: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -349,6 +364,8 @@ impl Default for StorageSettings {
         Self {
             data_dir: PathBuf::from("./data"),
             min_free_disk_mb: 512,
+            import_max_files: atlasia_engine::forge::access::DEFAULT_IMPORT_MAX_FILES,
+            import_max_bytes: atlasia_engine::forge::access::DEFAULT_IMPORT_MAX_BYTES,
         }
     }
 }
@@ -450,6 +467,7 @@ impl Settings {
         settings.apply_legacy_llm_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
         settings.apply_github_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
         settings.validate()?;
+        settings.resolve_repo_roots()?;
         Ok(settings)
     }
 
@@ -528,6 +546,16 @@ impl Settings {
             ("server.request_timeout_ms", self.server.request_timeout_ms),
             ("engine.lease_ms", self.engine.lease_ms),
             ("engine.poll_ms", self.engine.poll_ms),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.max_connections",
+                u64::try_from(self.server.max_connections).unwrap_or(u64::MAX),
+            ),
+            ("storage.import_max_files", self.storage.import_max_files),
+            ("storage.import_max_bytes", self.storage.import_max_bytes),
         ] {
             if v == 0 {
                 return Err(SettingsError::new(key, "must be greater than 0"));
@@ -553,6 +581,63 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Checks every `server.repo_roots` entry (absolute, an existing directory, not inside the
+    /// data directory) and replaces it with its canonical path, so later checks compare
+    /// resolved paths only.
+    pub fn resolve_repo_roots(&mut self) -> Result<(), SettingsError> {
+        const KEY: &str = "server.repo_roots";
+        let data = self
+            .storage
+            .data_dir
+            .canonicalize()
+            .or_else(|_| std::path::absolute(&self.storage.data_dir))
+            .unwrap_or_else(|_| self.storage.data_dir.clone());
+        let mut resolved = Vec::with_capacity(self.server.repo_roots.len());
+        for root in &self.server.repo_roots {
+            let shown = root.display();
+            if !root.is_absolute() {
+                return Err(SettingsError::new(
+                    KEY,
+                    format!("'{shown}' is not an absolute path"),
+                ));
+            }
+            let canonical = root.canonicalize().map_err(|e| {
+                SettingsError::new(KEY, format!("'{shown}' cannot be resolved: {e}"))
+            })?;
+            if !canonical.is_dir() {
+                return Err(SettingsError::new(
+                    KEY,
+                    format!("'{shown}' is not a directory"),
+                ));
+            }
+            if canonical.starts_with(&data) {
+                return Err(SettingsError::new(
+                    KEY,
+                    format!(
+                        "'{shown}' is inside storage.data_dir ({}), which is never a repository",
+                        data.display()
+                    ),
+                ));
+            }
+            resolved.push(canonical);
+        }
+        self.server.repo_roots = resolved;
+        Ok(())
+    }
+
+    /// Which local repositories `serve` admits, and the import caps.
+    pub fn repo_access(&self) -> atlasia_engine::forge::RepoAccess {
+        atlasia_engine::forge::RepoAccess::under(&self.server.repo_roots, self.import_limits())
+    }
+
+    /// The import caps of plain folders.
+    pub fn import_limits(&self) -> atlasia_engine::forge::ImportLimits {
+        atlasia_engine::forge::ImportLimits {
+            max_files: self.storage.import_max_files,
+            max_bytes: self.storage.import_max_bytes,
+        }
     }
 
     /// The listen address.

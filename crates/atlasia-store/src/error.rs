@@ -17,6 +17,10 @@ pub enum StoreError {
     /// A uniqueness rule refused the write (e.g. an active token with that name exists).
     #[error("{0}")]
     Conflict(String),
+    /// Another run of the same (repository, issue) is still active (PENDING, RUNNING, PAUSED,
+    /// WAITING_GATE or ESCALATED); carries its id when known.
+    #[error("run {} of this repository and issue is still active", .0.as_deref().unwrap_or("(unknown)"))]
+    RunActive(Option<String>),
     /// A pagination cursor that this store did not issue.
     #[error("invalid cursor")]
     BadCursor,
@@ -39,6 +43,9 @@ impl From<sqlx::Error> for StoreError {
         match e {
             sqlx::Error::PoolTimedOut => Self::PoolTimeout(std::time::Duration::ZERO),
             sqlx::Error::RowNotFound => Self::NotFound("row"),
+            sqlx::Error::Database(ref db) if db.is_unique_violation() && is_one_active(&**db) => {
+                Self::RunActive(None)
+            }
             sqlx::Error::Database(ref db) if db.is_unique_violation() => {
                 Self::Conflict(db.message().to_owned())
             }
@@ -46,3 +53,15 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
+
+/// True when the violated rule is the one-active-run-per-issue index (its name on PostgreSQL,
+/// its columns in SQLite's message).
+fn is_one_active(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.constraint() == Some(ONE_ACTIVE_INDEX)
+        || db
+            .message()
+            .contains("workflow_runs.repo, workflow_runs.issue_number")
+}
+
+/// The partial unique index of migration 0002.
+pub(crate) const ONE_ACTIVE_INDEX: &str = "workflow_runs_one_active";

@@ -102,14 +102,58 @@ const UPDATE_STATUS: &str = "UPDATE workflow_runs SET status = $1, updated_at = 
     finished_at = CASE WHEN $1 IN ('DONE','FAILED','CANCELLED') THEN $2 ELSE finished_at END \
     WHERE id = $3 AND status = $4 AND ($5 IS NULL OR lease_owner = $5) RETURNING *";
 
+/// The active run of a (repository, issue), if any: the statuses of the partial unique index
+/// `workflow_runs_one_active` (migration 0002), which settles races between concurrent inserts.
+pub(crate) const ACTIVE_RUN_OF_ISSUE: &str = "SELECT id FROM workflow_runs \
+    WHERE repo = $1 AND issue_number = $2 \
+    AND status IN ('PENDING','RUNNING','PAUSED','WAITING_GATE','ESCALATED') LIMIT 1";
+
 impl Store {
-    /// Stores a new PENDING run and its `run_created` event.
+    /// Stores a new PENDING run and its `run_created` event. A run with an issue number is
+    /// refused with [`StoreError::RunActive`] (naming the other run) while another run of the
+    /// same repository and issue is active.
     pub async fn create_run(&self, new: &NewRun) -> Result<Run, StoreError> {
+        match self.insert_new_run(new).await {
+            Err(StoreError::RunActive(None)) => {
+                // Lost a race to a concurrent insert: name the winner.
+                Err(StoreError::RunActive(self.active_run_of_issue(new).await?))
+            }
+            other => other,
+        }
+    }
+
+    /// The id of the active run of `new`'s repository and issue, if any.
+    pub async fn active_run_of_issue(&self, new: &NewRun) -> Result<Option<String>, StoreError> {
+        let Some(number) = new.issue_number else {
+            return Ok(None);
+        };
+        let id: Option<String> = on_pool!(self, |p| {
+            let mut conn = acquire!(self, p);
+            sqlx::query_scalar(ACTIVE_RUN_OF_ISSUE)
+                .bind(&new.repo)
+                .bind(number)
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        Ok(id)
+    }
+
+    async fn insert_new_run(&self, new: &NewRun) -> Result<Run, StoreError> {
         let id = RunId::new().to_string();
         let now = Timestamp::now().0;
         let row: RunRow = on_pool!(self, |p| {
             let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
+            if let Some(number) = new.issue_number {
+                let active: Option<String> = sqlx::query_scalar(ACTIVE_RUN_OF_ISSUE)
+                    .bind(&new.repo)
+                    .bind(number)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if active.is_some() {
+                    return Err(StoreError::RunActive(active));
+                }
+            }
             let row: RunRow = insert_run!(&mut *tx, &id, new, now);
             let data = json!({"status": "PENDING", "priority": new.priority});
             insert_event!(&mut *tx, &id, 1_i64, EventKind::RunCreated, data, now);

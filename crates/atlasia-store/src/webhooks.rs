@@ -4,7 +4,7 @@
 
 use crate::pool::{acquire, on_pool};
 use crate::row::RunRow;
-use crate::runs::{insert_event, insert_run};
+use crate::runs::{ACTIVE_RUN_OF_ISSUE, insert_event, insert_run};
 use crate::{Store, StoreError};
 use atlasia_core::{EventKind, NewRun, Run, RunId, Timestamp};
 use serde_json::json;
@@ -15,6 +15,9 @@ use sqlx::types::Json;
 pub enum Delivery {
     /// First time seen: recorded, and the run created when one was asked for.
     Recorded { run: Option<Box<Run>> },
+    /// First time seen and recorded (outcome `active`), but no run started: a run of the same
+    /// repository and issue is still active.
+    Active { run_id: String },
     /// Seen before: nothing done; what the first delivery recorded.
     Duplicate {
         outcome: String,
@@ -25,8 +28,27 @@ pub enum Delivery {
 impl Store {
     /// Records delivery `delivery_id` of `event` with `outcome` (`accepted`, `ignored`, …);
     /// when `new` is given, also creates that run (PENDING, with its `run_created` event) in
-    /// the same transaction. A delivery id already recorded changes nothing.
+    /// the same transaction — unless a run of the same repository and issue is still active:
+    /// then the delivery is recorded with outcome `active` and that run's id, and nothing starts.
+    /// A delivery id already recorded changes nothing.
     pub async fn record_webhook_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        outcome: &str,
+        new: Option<&NewRun>,
+    ) -> Result<Delivery, StoreError> {
+        match self.record_once(delivery_id, event, outcome, new).await {
+            // A concurrent trigger for the same issue won the insert: the transaction rolled
+            // back whole, so recording again finds that run active.
+            Err(StoreError::RunActive(None)) => {
+                self.record_once(delivery_id, event, outcome, new).await
+            }
+            other => other,
+        }
+    }
+
+    async fn record_once(
         &self,
         delivery_id: &str,
         event: &str,
@@ -35,7 +57,7 @@ impl Store {
     ) -> Result<Delivery, StoreError> {
         let id = new.map(|_| RunId::new().to_string());
         let now = Timestamp::now().0;
-        let created: Option<Option<crate::row::RunRow>> = on_pool!(self, |p| {
+        let created: Option<Result<Option<RunRow>, String>> = on_pool!(self, |p| {
             let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
             // The delivery row first: a concurrent twin waits here, then inserts nothing.
@@ -55,8 +77,29 @@ impl Store {
                 tx.rollback().await?;
                 None
             } else {
-                let row = match (new, &id) {
-                    (Some(new), Some(id)) => {
+                let active: Option<String> = match new.and_then(|n| n.issue_number) {
+                    Some(number) => {
+                        sqlx::query_scalar(ACTIVE_RUN_OF_ISSUE)
+                            .bind(new.map(|n| n.repo.as_str()))
+                            .bind(number)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                    }
+                    None => None,
+                };
+                let row = match (new, &id, active) {
+                    (_, _, Some(active)) => {
+                        sqlx::query(
+                            "UPDATE webhook_deliveries SET outcome = 'active', run_id = $1 \
+                             WHERE delivery_id = $2",
+                        )
+                        .bind(&active)
+                        .bind(delivery_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        Err(active)
+                    }
+                    (Some(new), Some(id), None) => {
                         let row: RunRow = insert_run!(&mut *tx, id, new, now);
                         let data = json!({
                             "status": "PENDING",
@@ -65,16 +108,17 @@ impl Store {
                             "delivery_id": delivery_id,
                         });
                         insert_event!(&mut *tx, id, 1_i64, EventKind::RunCreated, data, now);
-                        Some(row)
+                        Ok(Some(row))
                     }
-                    _ => None,
+                    _ => Ok(None),
                 };
                 tx.commit().await?;
                 Some(row)
             }
         });
         match created {
-            Some(row) => {
+            Some(Err(run_id)) => Ok(Delivery::Active { run_id }),
+            Some(Ok(row)) => {
                 if row.is_some() {
                     self.wake_workers();
                     self.announce_queued().await;

@@ -6,13 +6,13 @@ use crate::cli::RunArgs;
 use crate::commands::{CliError, open_store};
 use atlasia_core::{Run, RunId, RunRequest, RunStatus, Timestamp};
 use atlasia_engine::contracts::Contracts;
-use atlasia_engine::forge::branch_name;
+use atlasia_engine::forge::{RepoAccess, branch_name};
 use atlasia_engine::ledger::StoreRecorder;
 use atlasia_engine::policy::PathPolicy;
 use atlasia_engine::worker::{Worker, WorkerConfig};
 use atlasia_llm::Gateway;
 use atlasia_server::Settings;
-use atlasia_store::Store;
+use atlasia_store::{Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::sync::Arc;
@@ -42,14 +42,11 @@ pub fn parse_issue(text: &str) -> Result<(String, String), String> {
 
 /// Runs one bolt; returns the process exit code.
 pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> {
-    let repo = args
-        .repo
-        .canonicalize()
-        .ok()
-        .filter(|p| p.is_dir())
-        .ok_or_else(|| {
-            CliError::BadInput(format!("--repo {}: not a directory", args.repo.display()))
-        })?;
+    // The user's own process takes any folder they name, except the data directory (importing
+    // it, or a folder holding it, would copy the database and recurse into its own imports).
+    let repo = RepoAccess::anywhere()
+        .admit(&args.repo, &settings.storage.data_dir)
+        .map_err(|e| CliError::BadInput(format!("--repo {}: {e}", args.repo.display())))?;
     let text = std::fs::read_to_string(&args.issue)
         .map_err(|e| CliError::BadInput(format!("--issue {}: {e}", args.issue.display())))?;
     let (title, body) =
@@ -77,7 +74,13 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
         .map_err(|e| CliError::BadInput(format!("LLM settings: {e}")))?;
     let contracts =
         Contracts::embedded().map_err(|e| CliError::BadInput(format!("agent contracts: {e}")))?;
-    let run = store.create_run(&new).await?;
+    let run = store.create_run(&new).await.map_err(|e| match e {
+        StoreError::RunActive(id) => CliError::BadInput(format!(
+            "--issue-number: run {} of this repository and issue is still active; cancel it or let it finish first",
+            id.as_deref().unwrap_or("(finished meanwhile)")
+        )),
+        other => other.into(),
+    })?;
     eprintln!(
         "bolt {} on {} (branch {})",
         run.id,
@@ -93,6 +96,10 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
         // `atlasia run` works on local repositories.
         github: None,
         sandbox: atlasia_engine::sandbox::Sandbox::start(settings.sandbox_config()).await,
+        repos: RepoAccess {
+            roots: None,
+            import: settings.import_limits(),
+        },
     };
     let owner = format!("cli-{}-{}", std::process::id(), Timestamp::now().0);
     let worker = Worker::new(

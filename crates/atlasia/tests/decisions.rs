@@ -23,12 +23,14 @@ async fn setup(db: Db) -> (TestServer, Store) {
     (srv, store)
 }
 
-/// A new run moved RUNNING → `to` the way the engine does it (claim, then transition).
+/// A new run moved RUNNING → `to` the way the engine does it (claim, then transition). Each
+/// is on an issue of its own: one issue has one active run at a time.
 async fn run_at(store: &Store, to: RunStatus) -> RunId {
+    static ISSUE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(7);
     let run = store
         .create_run(&NewRun {
             repo: "acme/widgets".into(),
-            issue_number: Some(7),
+            issue_number: Some(ISSUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             title: "decide me".into(),
             body: String::new(),
             priority: 5,

@@ -317,15 +317,21 @@ async fn local_repo_requires_title(db: Db) {
     )
     .await
     .invalid("title");
+    // A real folder under `server.repo_roots` (the harness allows the temp dir): the run
+    // stores its canonical path.
+    let repo = tempfile::tempdir().unwrap();
     let run = post(
         &srv,
         "/api/runs",
-        &json!({"repo": "/srv/repos/app", "title": "Local work"}),
+        &json!({"repo": repo.path().display().to_string(), "title": "Local work"}),
     )
     .await
     .ok(202)
     .clone();
-    assert_eq!(run["repo"], "/srv/repos/app");
+    assert_eq!(
+        run["repo"],
+        repo.path().canonicalize().unwrap().display().to_string()
+    );
     assert_eq!(run["title"], "Local work");
     assert!(run["issue_number"].is_null());
     assert_eq!(run_count(&srv).await, 1);

@@ -144,7 +144,37 @@ async fn accepted_then_replayed(db: Db) {
     assert_eq!(v["run_id"], run_id.as_str());
     assert_eq!(run_count(&srv).await, 1);
 
-    // Without a priority label the default applies.
+    // The captured delivery replayed under a new delivery id: recorded, but the issue's run is
+    // still active, so nothing starts and the answer names that run.
+    let (s, v) = deliver(&srv, "issues", "delivery-replayed", &body, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "active", "{v}");
+    assert_eq!(v["run_id"], run_id.as_str());
+    assert_eq!(run_count(&srv).await, 1);
+    assert_eq!(
+        srv.db
+            .sql_cli(
+                "SELECT outcome || ' ' || run_id FROM webhook_deliveries \
+                 WHERE delivery_id = 'delivery-replayed'"
+            )
+            .trim(),
+        format!("active {run_id}")
+    );
+    assert!(
+        metrics(&srv).await.contains("outcome=\"active\""),
+        "the replay is counted"
+    );
+
+    // Once that run is over, the issue may run again; without a priority label the default
+    // applies.
+    let (s, v) = srv
+        .post(
+            &format!("/api/runs/{run_id}/cancel"),
+            ADMIN_TOKEN,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (_, v) = deliver(
         &srv,
         "issues",
@@ -153,6 +183,7 @@ async fn accepted_then_replayed(db: Db) {
         None,
     )
     .await;
+    assert_eq!(v["status"], "accepted", "{v}");
     let (_, run) = srv
         .get(
             &format!("/api/runs/{}", v["run_id"].as_str().unwrap()),
@@ -292,6 +323,15 @@ async fn runs_read_the_issue_from_github_without_leaking_secrets(db: Db) {
     assert!(body.starts_with("Add an export button."), "{body}");
     assert!(body.contains("@alice:\nPlease include headers."), "{body}");
     assert_eq!(run["priority"], 8);
+    // One active run per issue: the first is cancelled before the next one on #7.
+    let (s, v) = srv
+        .post(
+            &format!("/api/runs/{}/cancel", run["id"].as_str().unwrap()),
+            ADMIN_TOKEN,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     // An explicit title keeps the old behaviour: no GitHub call.
     let before = sim.requests().len();
     let own = srv

@@ -89,7 +89,7 @@ impl GithubForge {
         tokio::task::spawn_blocking(move || {
             sync_clone(&dir, &auth, &default, &branch_owned)?;
             local
-                .prepare(&dir, &run_owned, &branch_owned)
+                .prepare_clone(&dir, &run_owned, &branch_owned)
                 .map_err(|e| e.to_string())
         })
         .await

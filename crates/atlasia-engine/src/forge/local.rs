@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::access::{ImportLimits, RepoAccess, RepoRefused};
+
 /// The bot's commit author and committer name.
 pub const BOT_NAME: &str = "Atlasia Bot";
 /// The bot's commit e-mail (the `.invalid` TLD never resolves).
@@ -48,6 +50,21 @@ pub enum ForgeError {
     /// The repository has no commit to branch from.
     #[error("repository {0} has no commits yet")]
     NoCommits(PathBuf),
+    /// The local path may not be used as a repository (outside `server.repo_roots`, the data
+    /// directory, not a directory).
+    #[error("{0}")]
+    Refused(#[from] RepoRefused),
+    /// A plain folder is larger than the import caps allow; nothing was copied.
+    #[error(
+        "{} is too large to import: {what} (storage.import_max_files / storage.import_max_bytes)",
+        folder.display()
+    )]
+    ImportTooLarge {
+        /// The folder.
+        folder: PathBuf,
+        /// Which cap it exceeds.
+        what: String,
+    },
     /// The run id or branch name cannot be used.
     #[error("invalid {what}: {value}")]
     Invalid {
@@ -85,6 +102,8 @@ pub struct Workspace {
 #[derive(Debug)]
 pub struct LocalForge {
     data_dir: PathBuf,
+    /// Which local paths may be repositories, and the import caps.
+    access: RepoAccess,
     /// Serialises worktree creation and imports within this process: `git worktree add` on the
     /// same repository and refreshing the same import must not interleave.
     lock: Mutex<()>,
@@ -113,12 +132,19 @@ pub fn branch_name(issue_number: Option<i64>, run_id: &str) -> String {
 }
 
 impl LocalForge {
-    /// A forge keeping worktrees and imports under `data_dir`.
+    /// A forge keeping worktrees and imports under `data_dir`, working on any folder but the
+    /// data directory, with the default import caps.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self::with_access(data_dir, RepoAccess::anywhere())
+    }
+
+    /// A forge that admits local repositories by `access` (the server's roots and caps).
+    pub fn with_access(data_dir: impl Into<PathBuf>, access: RepoAccess) -> Self {
         let data_dir = data_dir.into();
         Self {
             // Git runs in other directories: a relative data directory would resolve there.
             data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir),
+            access,
             lock: Mutex::new(()),
         }
     }
@@ -134,8 +160,31 @@ impl LocalForge {
     }
 
     /// Creates the bolt's worktree on `branch`, or reuses it when it already exists (loop-backs,
-    /// resume after a crash). Blocking: call from `spawn_blocking` in async code.
+    /// resume after a crash). `repo` is checked against the forge's [`RepoAccess`] first, every
+    /// time: a run stored before a root was removed must not reach outside the roots.
+    /// Blocking: call from `spawn_blocking` in async code.
     pub fn prepare(
+        &self,
+        repo: &Path,
+        run_id: &str,
+        branch: &str,
+    ) -> Result<Workspace, ForgeError> {
+        let repo = self.access.admit(repo, &self.data_dir)?;
+        self.prepare_admitted(&repo, run_id, branch)
+    }
+
+    /// [`LocalForge::prepare`] on a repository the engine made itself (a GitHub clone under
+    /// the data directory).
+    pub(crate) fn prepare_clone(
+        &self,
+        repo: &Path,
+        run_id: &str,
+        branch: &str,
+    ) -> Result<Workspace, ForgeError> {
+        self.prepare_admitted(repo, run_id, branch)
+    }
+
+    fn prepare_admitted(
         &self,
         repo: &Path,
         run_id: &str,
@@ -253,6 +302,8 @@ impl LocalForge {
             .data_dir
             .join("imports")
             .join(format!("{:016x}", fnv1a(src.as_bytes())));
+        // Measured before anything is created, cleared or copied.
+        check_import_size(source, self.access.import)?;
         if !dest.join(".git").exists() {
             std::fs::create_dir_all(&dest).map_err(io_err("creating the import repository"))?;
             git(
@@ -262,7 +313,7 @@ impl LocalForge {
         } else {
             clear_except_git(&dest)?;
         }
-        copy_tree(source, &dest)?;
+        copy_tree(source, source, &dest)?;
         git(&dest, &["add", "--all"])?;
         if has_staged_changes(&dest)? {
             let message = format!("Import {}", source.display());
@@ -499,9 +550,78 @@ fn clear_except_git(dir: &Path) -> Result<(), ForgeError> {
     Ok(())
 }
 
-/// Copies files, directories and symlinks (as symlinks: the path policy judges where they
-/// point), skipping `IMPORT_EXCLUDES` at any depth and special files.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), ForgeError> {
+/// Counts what [`copy_tree`] would copy and refuses a folder over `limits` before anything is
+/// copied; stops walking as soon as a cap is passed.
+fn check_import_size(source: &Path, limits: ImportLimits) -> Result<(), ForgeError> {
+    let (mut files, mut bytes) = (0_u64, 0_u64);
+    let mut pending = vec![source.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in
+            std::fs::read_dir(&dir).map_err(io_err(format!("reading {}", dir.display())))?
+        {
+            let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
+            let kind = entry
+                .file_type()
+                .map_err(io_err(format!("reading {}", entry.path().display())))?;
+            let name = entry.file_name();
+            if kind.is_dir() {
+                if !IMPORT_EXCLUDES.iter().any(|x| name == *x) {
+                    pending.push(entry.path());
+                }
+                continue;
+            }
+            if !(kind.is_file() || kind.is_symlink()) || name == ".git" {
+                continue;
+            }
+            files += 1;
+            if kind.is_file() {
+                let len = entry
+                    .metadata()
+                    .map_err(io_err(format!("reading {}", entry.path().display())))?
+                    .len();
+                bytes = bytes.saturating_add(len);
+            }
+            let what = if files > limits.max_files {
+                format!("more than {} files", limits.max_files)
+            } else if bytes > limits.max_bytes {
+                format!("more than {} bytes", limits.max_bytes)
+            } else {
+                continue;
+            };
+            return Err(ForgeError::ImportTooLarge {
+                folder: source.to_path_buf(),
+                what,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// True when symlink `link` (inside `root`) points at something inside `root`, judged on the
+/// text of its target (never by following it): absolute targets and `..` that climb out are not.
+fn link_stays_inside(root: &Path, link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let Ok(rel) = link.parent().unwrap_or(root).strip_prefix(root) else {
+        return false;
+    };
+    let mut depth = rel.components().count();
+    for part in target.components() {
+        match part {
+            std::path::Component::ParentDir if depth == 0 => return false,
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Copies files, directories and symlinks (as symlinks, and only those pointing inside the
+/// imported folder `root`: the import never carries a way out of it), skipping
+/// `IMPORT_EXCLUDES` at any depth and special files (devices, FIFOs, sockets).
+fn copy_tree(root: &Path, from: &Path, to: &Path) -> Result<(), ForgeError> {
     for entry in std::fs::read_dir(from).map_err(io_err(format!("reading {}", from.display())))? {
         let entry = entry.map_err(io_err(format!("reading {}", from.display())))?;
         let name = entry.file_name();
@@ -515,13 +635,17 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), ForgeError> {
                 continue;
             }
             std::fs::create_dir_all(&dst).map_err(io_err(format!("creating {}", dst.display())))?;
-            copy_tree(&src, &dst)?;
+            copy_tree(root, &src, &dst)?;
         } else if kind.is_symlink() {
             if name == ".git" {
                 continue;
             }
             let target =
                 std::fs::read_link(&src).map_err(io_err(format!("reading {}", src.display())))?;
+            if !link_stays_inside(root, &src, &target) {
+                tracing::warn!(link = %src.display(), "import skips a symlink that points outside the folder");
+                continue;
+            }
             std::os::unix::fs::symlink(target, &dst)
                 .map_err(io_err(format!("creating {}", dst.display())))?;
         } else if kind.is_file() {

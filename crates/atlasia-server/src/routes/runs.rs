@@ -27,6 +27,9 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
     let priority_given = req.priority.is_some();
     let mut new = req.validate()?;
+    if atlasia_core::run::is_local_path(&new.repo) {
+        new.repo = admit_local(&st, &new.repo).await?;
+    }
     // `owner/name` + issue number without title or body: read the issue from GitHub.
     if let Some(gh) = &st.github {
         crate::github::fill_from_issue(gh, &st.settings.github, &mut new, priority_given).await?;
@@ -34,6 +37,19 @@ pub async fn create(
     let run = st.store.create_run(&new).await?;
     tracing::info!(run_id = %run.id, by = %caller.name, "run created");
     Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+/// The canonical path of a local repository the server may use (under `server.repo_roots`,
+/// not the data directory); the run stores it, so a later symlink swap cannot redirect it.
+async fn admit_local(st: &AppState, repo: &str) -> Result<String, ApiError> {
+    let access = st.settings.repo_access();
+    let data_dir = st.settings.storage.data_dir.clone();
+    let repo = std::path::PathBuf::from(repo);
+    let path = tokio::task::spawn_blocking(move || access.admit(&repo, &data_dir))
+        .await
+        .map_err(|e| ApiError::Internal(format!("repository check: {e}")))??;
+    // `admit` refuses paths that are not UTF-8.
+    Ok(path.to_string_lossy().into_owned())
 }
 
 /// Query of `GET /api/runs`.

@@ -10,12 +10,13 @@ use crate::middleware::tag_route;
 use crate::state::AppState;
 use atlasia_core::RunRequest;
 use atlasia_core::run::MAX_BODY_BYTES;
+use atlasia_core::run::is_forge_repo;
 use atlasia_github::api::truncate;
 use atlasia_github::verify_signature;
 use atlasia_store::Delivery;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn;
 use axum::routing::post;
@@ -61,11 +62,19 @@ fn event_label(event: &str) -> &'static str {
     }
 }
 
-/// `POST /api/webhooks/github`.
+/// Bodies read at once: a forged delivery is only refused after its body is read (the signature
+/// covers it), so concurrent reads are what bounds the memory forged posts can take.
+const CONCURRENT_READS: usize = 4;
+static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_READS);
+/// Longest wait for a read slot before answering 503.
+const READ_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /api/webhooks/github`. Everything that can be refused without the body is refused
+/// before a byte of it is read: no secret configured, no signature, a declared length over
+/// GitHub's cap. A body without a declared length is cut at the cap while it streams.
 pub async fn github(
     State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Some(secret) = st.settings.github.webhook_secret.as_ref() else {
         return Err(reject(
@@ -73,25 +82,50 @@ pub async fn github(
             "webhooks are not configured (no webhook secret)",
         ));
     };
+    let headers = req.headers().clone();
     let Some(signature) = header(&headers, "x-hub-signature-256") else {
         return Err(reject(
             "missing_signature",
             "X-Hub-Signature-256 is missing",
         ));
     };
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(WEBHOOK_BODY_LIMIT)
-        } else {
-            ApiError::BadRequest(r.body_text())
+    let declared = header(&headers, "content-length").map(str::parse::<u64>);
+    match declared {
+        Some(Ok(n)) if n > WEBHOOK_BODY_LIMIT as u64 => {
+            metrics::counter!("github_webhook_rejected_total", "reason" => "too_large")
+                .increment(1);
+            return Err(ApiError::PayloadTooLarge(WEBHOOK_BODY_LIMIT));
         }
-    })?;
+        Some(Err(_)) => {
+            return Err(ApiError::BadRequest(
+                "Content-Length is not a number".into(),
+            ));
+        }
+        _ => {}
+    }
+    let _slot = tokio::time::timeout(READ_SLOT_WAIT, READS.acquire())
+        .await
+        .map_err(|_| ApiError::Timeout(READ_SLOT_WAIT.as_millis() as u64))?
+        .map_err(|_| ApiError::Internal("webhook read slots closed".into()))?;
+    // The route's `DefaultBodyLimit` (GitHub's cap) applies: reading stops past it.
+    let body = Bytes::from_request(req, &st)
+        .await
+        .map_err(|r: BytesRejection| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                metrics::counter!("github_webhook_rejected_total", "reason" => "too_large")
+                    .increment(1);
+                ApiError::PayloadTooLarge(WEBHOOK_BODY_LIMIT)
+            } else {
+                ApiError::BadRequest(r.body_text())
+            }
+        })?;
     if !verify_signature(secret.expose_secret().as_bytes(), &body, signature) {
         return Err(reject(
             "bad_signature",
             "X-Hub-Signature-256 does not match the payload",
         ));
     }
+    drop(_slot);
     let event = header(&headers, "x-github-event")
         .unwrap_or_default()
         .to_owned();
@@ -123,6 +157,7 @@ pub async fn github(
         .await?;
     metrics::counter!("github_webhook_deliveries_total", "event" => event_label(&event), "outcome" => match &recorded {
         Delivery::Duplicate { .. } => "duplicate",
+        Delivery::Active { .. } => "active",
         Delivery::Recorded { .. } => outcome,
     })
     .increment(1);
@@ -130,6 +165,11 @@ pub async fn github(
         Delivery::Duplicate { outcome, run_id } => {
             tracing::info!(delivery, "webhook redelivery ignored");
             json!({"status": "duplicate", "delivery_id": delivery, "outcome": outcome, "run_id": run_id})
+        }
+        Delivery::Active { run_id } => {
+            tracing::info!(delivery, %run_id, "a run of this issue is already active; none started");
+            json!({"status": "active", "delivery_id": delivery, "run_id": run_id,
+                   "reason": "a run of this repository and issue is still active"})
         }
         Delivery::Recorded { run: Some(run) } => {
             tracing::info!(run_id = %run.id, delivery, repo = %run.repo, "run created from a webhook");
@@ -166,6 +206,13 @@ fn decide(event: &str, p: &Value) -> Result<RunRequest, String> {
     let repo = p["repository"]["full_name"]
         .as_str()
         .ok_or("the payload has no repository.full_name")?;
+    // A delivery names a GitHub repository, never a path on this host.
+    if !is_forge_repo(repo) {
+        let shown: String = repo.chars().take(120).collect();
+        return Err(format!(
+            "repository.full_name '{shown}' is not a GitHub owner/name"
+        ));
+    }
     let number = issue["number"]
         .as_i64()
         .ok_or("the payload has no issue.number")?;

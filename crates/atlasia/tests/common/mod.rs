@@ -130,6 +130,27 @@ pub struct TestServer {
     pub log_path: PathBuf,
 }
 
+/// `server.repo_roots` of test servers: the system temp dir and the bundled examples.
+pub fn default_repo_roots() -> String {
+    repo_roots(&[&std::env::temp_dir(), &examples_dir()])
+}
+
+/// The bundled `examples/` directory.
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// `ATLASIA_SERVER__REPO_ROOTS` for `roots` (a JSON array, which the setting reads as TOML).
+pub fn repo_roots(roots: &[&Path]) -> String {
+    serde_json::to_string(
+        &roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+}
+
 /// Installs the TLS crypto provider reqwest needs (once per process).
 fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -155,6 +176,9 @@ impl TestServer {
             .env("RUST_LOG", "info")
             // API tests expect runs to stay PENDING; engine tests ask for workers.
             .env("ATLASIA_ENGINE__WORKERS", "0")
+            // Tests work on repositories in temp dirs and on the bundled examples; attack tests
+            // pass a narrower `ATLASIA_SERVER__REPO_ROOTS` in `env`.
+            .env("ATLASIA_SERVER__REPO_ROOTS", default_repo_roots())
             // A developer's or CI's own GitHub credentials must not reach test servers.
             .env_remove("GITHUB_TOKEN")
             .env_remove("GITHUB_APP_ID")
