@@ -168,7 +168,9 @@ pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String
     if let Some((gh, name)) = on_github(ctx, env) {
         return gh.prepare(&forge, &name, &id, &branch).await;
     }
-    tokio::task::spawn_blocking(move || forge.prepare(&repo, &id, &branch))
+    // Blocking threads do not inherit the span: carry it, so git's log lines name the run.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| forge.prepare(&repo, &id, &branch)))
         .await
         .map_err(|e| format!("preparing the repository: {e}"))?
         .map_err(|e| format!("cannot prepare repository '{}': {e}", ctx.run.repo))
@@ -178,7 +180,8 @@ pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::forge::ForgeError> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| format!("git task failed: {e}"))?
         .map_err(|e| e.to_string())

@@ -46,3 +46,30 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
+
+impl StoreError {
+    /// Whether trying the same write again may succeed: a busy pool or a lost connection may
+    /// pass; a value the database refuses (a constraint, an encoding it cannot store) will
+    /// be refused again, so the caller must not loop on it.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::PoolTimeout(_) => true,
+            Self::Db(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            Self::NotFound(_)
+            | Self::Transition(_)
+            | Self::Conflict(_)
+            | Self::BadCursor
+            | Self::Corrupt(_)
+            | Self::Config(_)
+            | Self::Migrate(_) => false,
+        }
+    }
+}
