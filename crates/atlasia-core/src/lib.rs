@@ -3,12 +3,14 @@
 //! rules can be tested in isolation and are the same for the API, the CLI and the engine.
 
 pub mod event;
+pub mod redact;
 pub mod role;
 pub mod run;
 pub mod status;
 pub mod time;
 
 pub use event::{EventKind, RunEvent};
+pub use redact::{Redactor, ShortSecret};
 pub use role::Role;
 pub use run::{Autonomy, NewRun, Run, RunId, RunRequest, ValidationError};
 pub use status::{RunAction, RunStatus, TransitionError};

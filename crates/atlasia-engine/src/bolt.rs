@@ -177,7 +177,9 @@ pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String
             ctx.run.repo
         ));
     }
-    tokio::task::spawn_blocking(move || forge.prepare(&repo, &id, &branch))
+    // Blocking threads do not inherit the span: carry it, so git's log lines name the run.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| forge.prepare(&repo, &id, &branch)))
         .await
         .map_err(|e| format!("preparing the repository: {e}"))?
         .map_err(|e| format!("cannot prepare repository '{}': {e}", ctx.run.repo))
@@ -187,7 +189,8 @@ pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::forge::ForgeError> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| format!("git task failed: {e}"))?
         .map_err(|e| e.to_string())

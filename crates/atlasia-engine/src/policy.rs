@@ -101,6 +101,9 @@ pub enum SecretKind {
     AnthropicKey,
     /// `sk-` followed by at least 32 key characters.
     OpenAiKey,
+    /// A secret value this server holds (a token, an API key, the webhook secret…): a script
+    /// that dumps the environment into a file must not get it committed.
+    ServerSecret,
 }
 
 impl std::fmt::Display for SecretKind {
@@ -113,6 +116,7 @@ impl std::fmt::Display for SecretKind {
             Self::SlackToken => "Slack token",
             Self::AnthropicKey => "Anthropic API key",
             Self::OpenAiKey => "OpenAI-style API key",
+            Self::ServerSecret => "a secret value of this server",
         })
     }
 }
@@ -126,6 +130,8 @@ pub struct PathPolicy {
     pub protect: Vec<String>,
     /// Largest content a single write may carry.
     pub max_file_bytes: u64,
+    /// The server's own secret values; a write containing one is refused.
+    pub known_secrets: atlasia_core::Redactor,
 }
 
 impl Default for PathPolicy {
@@ -134,6 +140,7 @@ impl Default for PathPolicy {
             allowlist: Vec::new(),
             protect: vec![DEFAULT_PROTECT.to_owned()],
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            known_secrets: atlasia_core::Redactor::default(),
         }
     }
 }
@@ -151,6 +158,12 @@ impl PathPolicy {
             policy.protect = split_prefixes(list);
         }
         policy
+    }
+
+    /// The same policy, also refusing writes that contain one of `secrets`' values.
+    pub fn with_known_secrets(mut self, secrets: atlasia_core::Redactor) -> Self {
+        self.known_secrets = secrets;
+        self
     }
 
     /// Builds the policy from the process environment (`REPO_ALLOWLIST`, `WORKFLOW_PROTECT`).
@@ -182,6 +195,16 @@ impl PathPolicy {
         }
         if let Some(kind) = find_secret(content) {
             return Err(PolicyError::Secret { path: norm, kind });
+        }
+        if !self.known_secrets.is_empty()
+            && self
+                .known_secrets
+                .contains_secret(&String::from_utf8_lossy(content))
+        {
+            return Err(PolicyError::Secret {
+                path: norm,
+                kind: SecretKind::ServerSecret,
+            });
         }
         let (resolved, resolved_rel) = resolve(root, rel, &norm)?;
         if resolved_rel != norm {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The gate a `confirm` or `observe` run waits at after ARCHITECT.
 pub const ARCHITECTURE_GATE: &str = "architecture_approval";
@@ -175,7 +176,10 @@ impl Worker {
         else {
             return Ok(false);
         };
-        self.drive(claim.run, tracker, shutdown).await?;
+        let span = tracing::info_span!("run", run = %id);
+        self.drive(claim.run, tracker, shutdown)
+            .instrument(span)
+            .await?;
         Ok(true)
     }
 
@@ -189,12 +193,22 @@ impl Worker {
             };
             match claimed {
                 Ok(Some(claim)) => {
-                    tracing::info!(run = %claim.run.id, owner = %self.owner,
-                        reclaimed = claim.reclaimed, step = ?claim.run.current_step, "claimed run");
-                    if let Err(e) = self.drive(claim.run, tracker, &shutdown).await {
-                        // The lease expires and the run is reclaimed; nothing else to do here.
-                        tracing::warn!(owner = %self.owner, error = %e, "run abandoned");
+                    // Every line logged while driving the run names it.
+                    let span = tracing::info_span!("run", run = %claim.run.id);
+                    async {
+                        tracing::info!(run = %claim.run.id, owner = %self.owner,
+                            reclaimed = claim.reclaimed, step = ?claim.run.current_step,
+                            "claimed run");
+                        let id = claim.run.id;
+                        if let Err(e) = self.drive(claim.run, tracker, &shutdown).await {
+                            // The lease expires and the run is reclaimed (at most
+                            // `engine.max_attempts` times at one step).
+                            tracing::warn!(run = %id, owner = %self.owner, error = %e,
+                                "run abandoned");
+                        }
                     }
+                    .instrument(span)
+                    .await;
                 }
                 Ok(None) => {
                     // Woken at once by a run enqueued in this process; by the poll otherwise.
@@ -224,16 +238,31 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
         let held = shutdown.child_token();
-        let beat = tracker.spawn(heartbeat(
-            self.store.clone(),
-            run.id,
-            self.owner.clone(),
-            self.config.lease,
-            held.clone(),
-        ));
+        let beat = tracker.spawn(
+            heartbeat(
+                self.store.clone(),
+                run.id,
+                self.owner.clone(),
+                self.config.lease,
+                held.clone(),
+            )
+            .instrument(tracing::Span::current()),
+        );
         let id = run.id;
         self.progress(id).await;
-        let result = self.steps(run, &held).await;
+        let result = match self.steps(run, &held).await {
+            // A write the database refuses will be refused again: retrying it after every
+            // lease would loop forever, so the run fails with the reason instead.
+            Err(e) if !e.is_retryable() => {
+                let error = format!("the database refused to store this run's progress: {e}");
+                tracing::error!(run = %id, error = %e, "unstorable step result; failing the run");
+                self.store
+                    .fail_run(id, &self.owner, &error)
+                    .await
+                    .map(|_| ())
+            }
+            other => other,
+        };
         held.cancel();
         // The heartbeat only ends on `held`; its result carries nothing.
         let _ = beat.await;
@@ -394,9 +423,12 @@ impl Worker {
     async fn cleanup(&self, run: &Run) {
         let forge = self.env.forge.clone();
         let id = run.id.to_string();
-        let removed = tokio::task::spawn_blocking(move || match forge.existing(&id) {
-            Some(ws) => forge.remove(&ws),
-            None => Ok(()),
+        let span = tracing::Span::current();
+        let removed = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| match forge.existing(&id) {
+                Some(ws) => forge.remove(&ws),
+                None => Ok(()),
+            })
         })
         .await;
         if let Ok(Err(e)) = removed {

@@ -124,7 +124,16 @@ impl Application {
     /// Connects and migrates the store, then binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let metrics = crate::telemetry::metrics_handle().map_err(StartError::Setup)?;
-        let store = Store::connect(&settings.db_options()).await?;
+        // Hygiene before anything is stored or shown: the server's own secrets are redacted
+        // by the store's write paths, the error answers and the path policy.
+        let redactor = settings
+            .redactor()
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        crate::error::install_redactor(redactor.clone());
+        let store = Store::connect(&settings.db_options())
+            .await?
+            .with_redactor(redactor.clone())
+            .with_max_attempts(settings.engine.max_attempts);
         store.migrate().await?;
         let addr = settings
             .bind_addr()
@@ -154,7 +163,7 @@ impl Application {
                 poll: Duration::from_millis(settings.engine.poll_ms),
                 data_dir: settings.storage.data_dir.clone(),
                 limits: settings.engine.limits(),
-                policy: atlasia_engine::policy::PathPolicy::from_env(),
+                policy: atlasia_engine::policy::PathPolicy::from_env().with_known_secrets(redactor),
                 github: github
                     .clone()
                     .map(|c| (c, crate::github::check_wait(&settings.github))),

@@ -2,12 +2,13 @@
 //! `{"error": {"code", "message"}}` with the right status. A 5xx says little to the client and
 //! everything to the log.
 
-use atlasia_core::{Role, RunStatus, ValidationError};
+use atlasia_core::{Redactor, Role, RunStatus, ValidationError};
 use atlasia_engine::forge::RepoRefused;
 use atlasia_store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::sync::OnceLock;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,15 @@ impl ApiError {
     }
 }
 
+/// The redactor error messages pass through before they leave (installed once at start by
+/// `Application::build`): a message built from an upstream answer may echo a secret.
+static REDACTOR: OnceLock<Redactor> = OnceLock::new();
+
+/// Installs the redactor for every error answer of this process (the first install wins).
+pub fn install_redactor(redactor: Redactor) {
+    let _ = REDACTOR.set(redactor);
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -111,7 +121,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let message = self.to_string();
+        let message = match REDACTOR.get() {
+            Some(r) => r.clean(&message).into_owned(),
+            None => message,
+        };
+        let mut body = json!({"error": {"code": self.code(), "message": message}});
         match &self {
             Self::InvalidTransition { current, .. } => {
                 body["error"]["current_status"] = json!(current);

@@ -2,6 +2,7 @@
 //! original system's variable names (`DB_URL`, `ORCHESTRATOR_TOKEN`) keep working beside
 //! `ATLASIA_<SECTION>__<KEY>`. Validation happens once, at start, and names the key at fault.
 
+use atlasia_core::redact::{MIN_SECRET_LEN, Redactor, ShortSecret};
 use atlasia_llm::config::{AgentSettings, EndpointSettings, LlmSettings, ModelSettings};
 use atlasia_store::{Backend, DbOptions};
 use figment::Figment;
@@ -227,6 +228,9 @@ pub struct EngineSettings {
     /// How long a step keeps retrying LLM calls that fail for a passing reason (every endpoint
     /// rate-limited, overloaded or unreachable) before it fails.
     pub llm_patience_secs: u64,
+    /// Times a worker may die (its lease expire) at one step of a run before the run fails
+    /// instead of being reclaimed again: one poison run must not take down every replica.
+    pub max_attempts: u32,
 }
 
 impl Default for EngineSettings {
@@ -242,6 +246,7 @@ impl Default for EngineSettings {
             output_cap_bytes: limits.output_cap,
             developer_max_tokens: limits.developer_max_tokens,
             llm_patience_secs: limits.llm_patience.as_secs(),
+            max_attempts: atlasia_store::DEFAULT_MAX_ATTEMPTS,
         }
     }
 }
@@ -408,6 +413,84 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{masked}@{host}{slash}{tail}")
 }
 
+/// Refuses a secret too short to redact without mangling words.
+fn short_secret(key: &str, value: &str) -> Result<(), SettingsError> {
+    Redactor::new([(key, value)]).map(|_| ()).map_err(too_short)
+}
+
+fn too_short(e: ShortSecret) -> SettingsError {
+    SettingsError::new(
+        &e.name,
+        format!(
+            "a secret must be at least {MIN_SECRET_LEN} characters (it is redacted from all output)"
+        ),
+    )
+}
+
+/// The password of a database URL (`scheme://user:password@host/…`), if it has one.
+fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo
+        .split_once(':')
+        .map(|(_, pw)| pw)
+        .filter(|pw| !pw.is_empty())
+}
+
+impl Settings {
+    /// Every secret value these settings hold, each with the setting it comes from. The GitHub
+    /// App's private key is a file; [`Settings::redactor`] reads it.
+    pub fn secrets(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut add = |key: String, v: Option<&SecretString>| {
+            if let Some(v) = v {
+                out.push((key, v.expose_secret().to_owned()));
+            }
+        };
+        add(
+            "auth.orchestrator_token (ORCHESTRATOR_TOKEN)".into(),
+            self.auth.orchestrator_token.as_ref(),
+        );
+        add(
+            "github.token (GITHUB_TOKEN)".into(),
+            self.github.token.as_ref(),
+        );
+        add(
+            "github.webhook_secret (GITHUB_WEBHOOK_SECRET)".into(),
+            self.github.webhook_secret.as_ref(),
+        );
+        for m in &self.llm.models {
+            for (i, e) in m.endpoints.iter().enumerate() {
+                let name = e.name.clone().unwrap_or_else(|| i.to_string());
+                add(
+                    format!("llm.models.{}.endpoints.{name}.api_key", m.name),
+                    e.api_key.as_ref(),
+                );
+            }
+        }
+        if let Some(pw) = url_password(&self.db_url()) {
+            out.push(("database.url (DB_URL) password".into(), pw.to_owned()));
+        }
+        out
+    }
+
+    /// The redactor for everything the server stores, shows and logs: every value of
+    /// [`Settings::secrets`] and the GitHub App's private key (whole and line by line).
+    /// Fails, naming the setting, on a secret shorter than 8 characters.
+    pub fn redactor(&self) -> Result<Redactor, SettingsError> {
+        let r = Redactor::new(self.secrets()).map_err(too_short)?;
+        // An unreadable key file fails the GitHub client's start with its own message.
+        Ok(match &self.github.private_key_path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(pem) => r.with_pem(&pem),
+                Err(_) => r,
+            },
+            None => r,
+        })
+    }
+}
+
 /// A setting that is missing its mark: the key and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid setting {key}: {reason}")]
@@ -493,6 +576,11 @@ impl Settings {
         let model = var("LLM_MODEL").ok_or_else(|| {
             SettingsError::new("LLM_MODEL", "is required when LLM_ENDPOINT is set")
         })?;
+        for name in ["LLM_API_KEY", "LLM_FALLBACK_API_KEY"] {
+            if let Some(k) = var(name) {
+                short_secret(name, &k)?;
+            }
+        }
         let key = var("LLM_API_KEY").map(SecretString::from);
         let endpoint = |name: &str, url: String, key: Option<SecretString>| EndpointSettings {
             name: Some(name.to_owned()),
@@ -556,6 +644,7 @@ impl Settings {
             ),
             ("storage.import_max_files", self.storage.import_max_files),
             ("storage.import_max_bytes", self.storage.import_max_bytes),
+            ("engine.max_attempts", u64::from(self.engine.max_attempts)),
         ] {
             if v == 0 {
                 return Err(SettingsError::new(key, "must be greater than 0"));
@@ -579,6 +668,9 @@ impl Settings {
                 "auth.orchestrator_token",
                 "must be at least 16 characters",
             ));
+        }
+        for (key, value) in self.secrets() {
+            short_secret(&key, &value)?;
         }
         Ok(())
     }

@@ -2,10 +2,13 @@
 //! carries HELP and TYPE lines (promtool checks them) and labels stay bounded.
 
 use crate::settings::LogFormat;
+use atlasia_core::Redactor;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -89,6 +92,10 @@ fn describe() {
         "llm_call_records_failed_total",
         "LLM call records that could not be written to llm_calls."
     );
+    describe_counter!(
+        "workflow_runs_poisoned_total",
+        "Runs failed because their worker died engine.max_attempts times at the same step."
+    );
     atlasia_llm::metrics::describe();
     metrics_process::Collector::default().describe();
 }
@@ -101,12 +108,19 @@ pub fn init_logs(format: LogFormat) {
 /// [`init_logs`] with another default filter (`RUST_LOG` still wins): `atlasia run` shows its
 /// own progress and only wants warnings in between.
 pub fn init_logs_with(format: LogFormat, default_filter: &str) {
+    init_logs_redacting(format, default_filter, Redactor::default());
+}
+
+/// [`init_logs_with`], every formatted line passing through `redactor` before it reaches
+/// stderr: a secret that slips into a log field (an upstream error echoing a key, an issue
+/// quoting a token) is replaced, whatever code logged it.
+pub fn init_logs_redacting(format: LogFormat, default_filter: &str, redactor: Redactor) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(RedactingStderr(Arc::new(redactor)));
     // Ignore "already set": tests may build several servers in one process.
     let _ = match format {
         LogFormat::Json => builder
@@ -116,4 +130,40 @@ pub fn init_logs_with(format: LogFormat, default_filter: &str) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Makes stderr writers that redact what they are given. The formatter hands each event to
+/// the writer in one `write_all` of the whole line, so a secret is never split across calls.
+#[derive(Clone)]
+struct RedactingStderr(Arc<Redactor>);
+
+/// One event's writer: cleans the line, then writes it to stderr.
+struct RedactedLine(Arc<Redactor>);
+
+impl<'a> MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactedLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactedLine(self.0.clone())
+    }
+}
+
+impl Write for RedactedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let clean = self.0.clean(&text);
+        let mut err = std::io::stderr().lock();
+        if matches!(clean, std::borrow::Cow::Borrowed(_))
+            && matches!(text, std::borrow::Cow::Borrowed(_))
+        {
+            err.write_all(buf)?;
+        } else {
+            err.write_all(clean.as_bytes())?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

@@ -64,7 +64,7 @@ impl Store {
                     .bind(now)
                     .bind(&id_text)
                     .bind(from.as_str())
-                    .bind(d.error)
+                    .bind(d.error.map(|e| self.clean(e).into_owned()))
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(r) = &row {
@@ -72,7 +72,7 @@ impl Store {
                         .bind(&id_text)
                         .bind(d.artifact_kind)
                         .bind(HUMAN_STEP)
-                        .bind(Json(&d.payload))
+                        .bind(Json(self.clean_json(&d.payload)))
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
@@ -82,6 +82,7 @@ impl Store {
                         m.extend(x.clone());
                     }
                     insert_event!(
+                        self,
                         &mut *tx,
                         &id_text,
                         r.seq(),

@@ -65,3 +65,30 @@ fn is_one_active(db: &dyn sqlx::error::DatabaseError) -> bool {
 
 /// The partial unique index of migration 0002.
 pub(crate) const ONE_ACTIVE_INDEX: &str = "workflow_runs_one_active";
+
+impl StoreError {
+    /// Whether trying the same write again may succeed: a busy pool or a lost connection may
+    /// pass; a value the database refuses (a constraint, an encoding it cannot store) will
+    /// be refused again, so the caller must not loop on it.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::PoolTimeout(_) => true,
+            Self::Db(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            Self::NotFound(_)
+            | Self::Transition(_)
+            | Self::Conflict(_)
+            | Self::BadCursor
+            | Self::Corrupt(_)
+            | Self::Config(_)
+            | Self::Migrate(_) => false,
+        }
+    }
+}

@@ -23,7 +23,7 @@ pub use diag::Diagnostics;
 pub use error::StoreError;
 pub use llm_calls::{LlmCallRow, LlmTotals};
 pub use options::{Backend, DbOptions};
-pub use pool::{PoolStats, Store};
+pub use pool::{DEFAULT_MAX_ATTEMPTS, PoolStats, Store};
 pub use progress::StepEnd;
 pub use pull_requests::{PullRequest, PullRequestDraft};
 pub use queue::Claim;

@@ -65,7 +65,11 @@ impl Store {
                         .push_bind(r.latency_ms)
                         .push_bind(r.outcome.clone())
                         .push_bind(r.cached)
-                        .push_bind(r.response.clone().map(Json))
+                        .push_bind(
+                            r.response
+                                .as_ref()
+                                .map(|v| Json(self.clean_json(v).into_owned())),
+                        )
                         .push_bind(r.created_at);
                 });
                 q.build().execute(&mut *conn).await?;

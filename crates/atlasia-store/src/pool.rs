@@ -2,13 +2,19 @@
 //! and readiness check report.
 
 use crate::{Backend, DbOptions, StoreError};
+use atlasia_core::Redactor;
+use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+/// The default of `engine.max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// One pool or the other. Query code is written once and expanded for both by [`on_pool!`].
 #[derive(Clone)]
@@ -64,6 +70,12 @@ pub struct Store {
     /// Bumped whenever this process makes a run claimable, so idle workers claim at once
     /// instead of at their next poll (other processes still find it by polling).
     queued: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Hygiene before storage: every text and JSON value the write paths store passes
+    /// through it (known secrets redacted, NUL replaced), on both backends alike.
+    redactor: Arc<Redactor>,
+    /// A run whose worker died this many times at the same step fails instead of being
+    /// reclaimed again (see `queue.rs`).
+    max_attempts: u32,
 }
 
 /// Pool occupancy at one instant.
@@ -146,7 +158,41 @@ impl Store {
             acquire_timeout: opts.acquire_timeout,
             max_connections: opts.max_connections,
             queued: Arc::new(tokio::sync::watch::Sender::new(0)),
+            redactor: Arc::new(Redactor::default()),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
         })
+    }
+
+    /// Installs the redactor every write path applies (install it once, right after
+    /// [`Store::connect`], so every clone shares it). NUL is replaced even without one.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = Arc::new(redactor);
+        self
+    }
+
+    /// How many times a worker may die at the same step before the run fails (at least 1).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// The redactor the write paths apply.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    pub(crate) fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Text as it may be stored: secrets redacted, NUL replaced.
+    pub(crate) fn clean<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        self.redactor.clean(text)
+    }
+
+    /// JSON as it may be stored: every string cleaned like [`Store::clean`].
+    pub(crate) fn clean_json<'a>(&self, value: &'a Value) -> Cow<'a, Value> {
+        self.redactor.clean_json(value)
     }
 
     /// A receiver that changes whenever this process makes a run claimable.

@@ -147,25 +147,25 @@ impl Store {
                 let data = json!({"step": end.step, "status": end.step_status,
                                   "next_step": end.next_step});
                 let s = next_seq();
-                insert_event!(&mut *tx, &id, s, EventKind::StepCompleted, data, now);
+                insert_event!(self, &mut *tx, &id, s, EventKind::StepCompleted, data, now);
             }
             for (kind, payload) in &end.artifacts {
                 let version: i64 = sqlx::query_scalar(INSERT_ARTIFACT)
                     .bind(&id)
                     .bind(*kind)
                     .bind(end.step)
-                    .bind(Json(*payload))
+                    .bind(Json(self.clean_json(payload)))
                     .bind(now)
                     .fetch_one(&mut *tx)
                     .await?;
                 let data = json!({"step": end.step, "artifact": kind, "version": version,
                                   "status": end.step_status, "next_step": end.next_step});
                 let s = next_seq();
-                insert_event!(&mut *tx, &id, s, EventKind::StepCompleted, data, now);
+                insert_event!(self, &mut *tx, &id, s, EventKind::StepCompleted, data, now);
             }
             for (kind, data) in &end.events {
                 let s = next_seq();
-                insert_event!(&mut *tx, &id, s, *kind, data.clone(), now);
+                insert_event!(self, &mut *tx, &id, s, *kind, data.clone(), now);
             }
             if let Some((to, reason)) = end.release {
                 sqlx::query(RELEASE)
@@ -177,7 +177,7 @@ impl Store {
                 let data = json!({"from": RunStatus::Running, "to": to, "reason": reason,
                                   "owner": owner});
                 let s = next_seq();
-                insert_event!(&mut *tx, &id, s, EventKind::StatusChanged, data, now);
+                insert_event!(self, &mut *tx, &id, s, EventKind::StatusChanged, data, now);
             }
             let row: RunRow = sqlx::query_as("SELECT * FROM workflow_runs WHERE id = $1")
                 .bind(&id)
@@ -210,7 +210,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(s) = seq {
-                insert_event!(&mut *tx, &id, s, kind, data, now);
+                insert_event!(self, &mut *tx, &id, s, kind, data, now);
                 tx.commit().await?;
             }
             seq.is_some()

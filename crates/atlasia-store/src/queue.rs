@@ -8,10 +8,10 @@
 use crate::pool::{DbPool, acquire};
 use crate::row::RunRow;
 use crate::runs::insert_event;
+use crate::steps::CLOSE_STEP;
 use crate::{Store, StoreError};
 use atlasia_core::{EventKind, Run, RunId, RunStatus, Timestamp};
 use serde_json::json;
-use sqlx::types::Json;
 use std::time::Duration;
 
 /// A run handed to a worker.
@@ -23,66 +23,148 @@ pub struct Claim {
     pub reclaimed: bool,
 }
 
-const EXPIRED_PG: &str = "SELECT id, lease_owner FROM workflow_runs WHERE status = 'RUNNING' \
-    AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT 1 FOR UPDATE SKIP LOCKED";
-const EXPIRED_SQLITE: &str = "SELECT id, lease_owner FROM workflow_runs WHERE status = 'RUNNING' \
-    AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT 1";
-const NEXT_PG: &str = "SELECT id, lease_owner FROM workflow_runs WHERE status = 'PENDING' \
+const EXPIRED_PG: &str = "SELECT id, lease_owner, current_step, CAST(step_deaths AS BIGINT) \
+    FROM workflow_runs WHERE status = 'RUNNING' AND lease_expires_at < $1 \
+    ORDER BY lease_expires_at LIMIT 1 FOR UPDATE SKIP LOCKED";
+const EXPIRED_SQLITE: &str = "SELECT id, lease_owner, current_step, CAST(step_deaths AS BIGINT) \
+    FROM workflow_runs WHERE status = 'RUNNING' AND lease_expires_at < $1 \
+    ORDER BY lease_expires_at LIMIT 1";
+const NEXT_PG: &str = "SELECT id, lease_owner, current_step, CAST(step_deaths AS BIGINT) \
+    FROM workflow_runs WHERE status = 'PENDING' \
     ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED";
-const NEXT_SQLITE: &str = "SELECT id, lease_owner FROM workflow_runs WHERE status = 'PENDING' \
+const NEXT_SQLITE: &str = "SELECT id, lease_owner, current_step, CAST(step_deaths AS BIGINT) \
+    FROM workflow_runs WHERE status = 'PENDING' \
     ORDER BY priority DESC, created_at, id LIMIT 1";
+/// `$5`: 1 when the run is reclaimed from a worker that died (its lease expired), else 0.
 const TAKE: &str = "UPDATE workflow_runs SET status = 'RUNNING', lease_owner = $1, \
     lease_expires_at = $2, started_at = COALESCE(started_at, $3), updated_at = $3, \
-    last_event_seq = last_event_seq + 1 WHERE id = $4 RETURNING *";
+    last_event_seq = last_event_seq + 1, step_deaths = step_deaths + $5 \
+    WHERE id = $4 RETURNING *";
 
 /// [`TAKE`], only while the run is still claimable: the update re-checks the row under its lock,
 /// so two processes claiming the same run by id cannot both win.
 const TAKE_IF_CLAIMABLE: &str = "UPDATE workflow_runs SET status = 'RUNNING', lease_owner = $1, \
     lease_expires_at = $2, started_at = COALESCE(started_at, $3), updated_at = $3, \
-    last_event_seq = last_event_seq + 1 WHERE id = $4 AND (status = 'PENDING' OR \
+    last_event_seq = last_event_seq + 1, step_deaths = step_deaths + $5 \
+    WHERE id = $4 AND (status = 'PENDING' OR \
     (status = 'RUNNING' AND lease_expires_at < $3)) RETURNING *";
+
+/// Ends a poison run: FAILED with the reason, lease cleared, the death counted.
+const POISON: &str = "UPDATE workflow_runs SET status = 'FAILED', error = $1, updated_at = $2, \
+    finished_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
+    last_event_seq = last_event_seq + 1, step_deaths = step_deaths + 1 \
+    WHERE id = $3 AND status = 'RUNNING' AND lease_expires_at < $2 RETURNING last_event_seq";
+
+/// A claimable row: id, lease owner, current step, deaths at that step.
+type Candidate = (String, Option<String>, Option<String>, i64);
+
+/// What one claim attempt found.
+enum Found {
+    Nothing,
+    Claimed(Box<RunRow>, bool),
+    /// A run whose worker died `max_attempts` times at the same step, now FAILED.
+    Poisoned(String, String),
+}
+
+/// The reason a poison run fails with.
+fn poison_reason(deaths: i64, step: Option<&str>) -> String {
+    format!(
+        "the worker died {deaths} times during {}; the run is not retried \
+         (engine.max_attempts)",
+        step.unwrap_or("its first step")
+    )
+}
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Takes `$found` (a [`Candidate`]) for `$owner` inside `$tx`, or fails it as a poison run when
+/// it was reclaimed (`$reclaimed`) and its worker has now died `max_attempts` times at the
+/// same step. Evaluates to a [`Found`].
+macro_rules! take_in {
+    ($store:expr, $tx:expr, $owner:expr, $lease:expr, $now:expr, $found:expr, $reclaimed:expr, $take_sql:expr) => {{
+        let (id, previous_owner, step, deaths): Candidate = $found;
+        let reclaimed: bool = $reclaimed;
+        if reclaimed && deaths + 1 >= i64::from($store.max_attempts()) {
+            let reason = poison_reason(deaths + 1, step.as_deref());
+            let seq: Option<i64> = sqlx::query_scalar(POISON)
+                .bind(&reason)
+                .bind($now)
+                .bind(&id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            match seq {
+                None => Found::Nothing,
+                Some(seq) => {
+                    if let Some(step) = &step {
+                        sqlx::query(CLOSE_STEP)
+                            .bind("FAILED")
+                            .bind($now)
+                            .bind(&reason)
+                            .bind(&id)
+                            .bind(step)
+                            .execute(&mut *$tx)
+                            .await?;
+                    }
+                    let data = json!({"from": RunStatus::Running, "to": RunStatus::Failed,
+                        "reason": reason, "poisoned": true, "deaths": deaths + 1,
+                        "step": step, "previous_owner": previous_owner});
+                    insert_event!($store, &mut *$tx, &id, seq, EventKind::StatusChanged, data, $now);
+                    Found::Poisoned(id, reason)
+                }
+            }
+        } else {
+            let row: Option<RunRow> = sqlx::query_as($take_sql)
+                .bind($owner)
+                .bind($now.saturating_add(millis($lease)))
+                .bind($now)
+                .bind(&id)
+                .bind(i64::from(reclaimed))
+                .fetch_optional(&mut *$tx)
+                .await?;
+            match row {
+                None => Found::Nothing,
+                Some(row) => {
+                    let (kind, data) = if reclaimed {
+                        (
+                            EventKind::LeaseClaimed,
+                            json!({"owner": $owner, "reclaimed": true,
+                                   "previous_owner": previous_owner, "deaths": deaths + 1}),
+                        )
+                    } else {
+                        (
+                            EventKind::StatusChanged,
+                            json!({"from": RunStatus::Pending, "to": RunStatus::Running,
+                                   "reason": "claimed", "owner": $owner}),
+                        )
+                    };
+                    insert_event!($store, &mut *$tx, &id, row.last_event_seq, kind, data, $now);
+                    Found::Claimed(Box::new(row), reclaimed)
+                }
+            }
+        }
+    }};
+}
+
 /// Claims one run inside an open transaction `$tx`, choosing the SQL for the backend.
 macro_rules! claim_in {
-    ($tx:expr, $owner:expr, $lease:expr, $expired_sql:expr, $next_sql:expr) => {{
+    ($store:expr, $tx:expr, $owner:expr, $lease:expr, $expired_sql:expr, $next_sql:expr) => {{
         let now = Timestamp::now().0;
-        let mut found: Option<(String, Option<String>)> = sqlx::query_as($expired_sql)
+        // Finish what was started before taking new work.
+        let expired: Option<Candidate> = sqlx::query_as($expired_sql)
             .bind(now)
             .fetch_optional(&mut *$tx)
             .await?;
-        // Finish what was started before taking new work.
-        let reclaimed = found.is_some();
-        if found.is_none() {
-            found = sqlx::query_as($next_sql).fetch_optional(&mut *$tx).await?;
-        }
-        match found {
-            None => None,
-            Some((id, previous_owner)) => {
-                let row: RunRow = sqlx::query_as(TAKE)
-                    .bind($owner)
-                    .bind(now.saturating_add(millis($lease)))
-                    .bind(now)
-                    .bind(&id)
-                    .fetch_one(&mut *$tx)
-                    .await?;
-                let (kind, data) = if reclaimed {
-                    (
-                        EventKind::LeaseClaimed,
-                        json!({"owner": $owner, "reclaimed": true, "previous_owner": previous_owner}),
-                    )
-                } else {
-                    (
-                        EventKind::StatusChanged,
-                        json!({"from": RunStatus::Pending, "to": RunStatus::Running,
-                               "reason": "claimed", "owner": $owner}),
-                    )
-                };
-                insert_event!(&mut *$tx, &id, row.last_event_seq, kind, data, now);
-                Some((row, reclaimed))
+        match expired {
+            Some(c) => take_in!($store, $tx, $owner, $lease, now, c, true, TAKE),
+            None => {
+                let next: Option<Candidate> =
+                    sqlx::query_as($next_sql).fetch_optional(&mut *$tx).await?;
+                match next {
+                    Some(c) => take_in!($store, $tx, $owner, $lease, now, c, false, TAKE),
+                    None => Found::Nothing,
+                }
             }
         }
     }};
@@ -90,36 +172,49 @@ macro_rules! claim_in {
 
 impl Store {
     /// Takes the next run for `owner` with a lease of `lease`, or `None` when nothing is
-    /// claimable. Each run is handed to exactly one claimer.
+    /// claimable. Each run is handed to exactly one claimer. A run found under an expired
+    /// lease whose worker has died `max_attempts` times at its current step is failed (with
+    /// its event, in the same transaction) instead of being handed out, and the search goes on.
     pub async fn claim(&self, owner: &str, lease: Duration) -> Result<Option<Claim>, StoreError> {
-        let claimed = match &self.pool {
-            DbPool::Postgres(p) => {
-                let mut tx = acquire!(self, p, tx);
-                let c = claim_in!(tx, owner, lease, EXPIRED_PG, NEXT_PG);
-                tx.commit().await?;
-                c
+        loop {
+            let found = match &self.pool {
+                DbPool::Postgres(p) => {
+                    let mut tx = acquire!(self, p, tx);
+                    let c = claim_in!(self, tx, owner, lease, EXPIRED_PG, NEXT_PG);
+                    tx.commit().await?;
+                    c
+                }
+                DbPool::Sqlite(p) => {
+                    let _permit = self.write_permit().await?;
+                    let mut tx = acquire!(self, p, tx_with "BEGIN IMMEDIATE");
+                    let c = claim_in!(self, tx, owner, lease, EXPIRED_SQLITE, NEXT_SQLITE);
+                    tx.commit().await?;
+                    c
+                }
+            };
+            match found {
+                Found::Nothing => return Ok(None),
+                Found::Claimed(row, reclaimed) => {
+                    return Ok(Some(Claim {
+                        run: (*row).try_into()?,
+                        reclaimed,
+                    }));
+                }
+                Found::Poisoned(id, reason) => self.poisoned(&id, &reason),
             }
-            DbPool::Sqlite(p) => {
-                let _permit = self.write_permit().await?;
-                let mut tx = acquire!(self, p, tx_with "BEGIN IMMEDIATE");
-                let c = claim_in!(tx, owner, lease, EXPIRED_SQLITE, NEXT_SQLITE);
-                tx.commit().await?;
-                c
-            }
-        };
-        claimed
-            .map(|(row, reclaimed)| {
-                Ok(Claim {
-                    run: row.try_into()?,
-                    reclaimed,
-                })
-            })
-            .transpose()
+        }
+    }
+
+    /// Says so, loudly: a poison run is an incident (the step kills its worker).
+    fn poisoned(&self, id: &str, reason: &str) {
+        metrics::counter!("workflow_runs_poisoned_total").increment(1);
+        tracing::error!(run = %id, %reason, "poison run failed");
     }
 
     /// Claims run `id` for `owner` when it is PENDING (or RUNNING under an expired lease), like
     /// [`Store::claim`] but for one chosen run: `atlasia run` drives its own bolt and leaves the
-    /// rest of the queue to the servers.
+    /// rest of the queue to the servers. A poison run (see [`Store::claim`]) is failed and
+    /// `None` returned.
     pub async fn claim_run(
         &self,
         id: RunId,
@@ -128,58 +223,40 @@ impl Store {
     ) -> Result<Option<Claim>, StoreError> {
         let now = Timestamp::now().0;
         let id_text = id.to_string();
-        let claimed: Option<(RunRow, bool)> = crate::pool::on_pool!(self, |p| {
+        let found: Found = crate::pool::on_pool!(self, |p| {
             let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
-            let found: Option<(String, Option<String>)> = sqlx::query_as(
-                "SELECT status, lease_owner FROM workflow_runs WHERE id = $1 AND \
-                 (status = 'PENDING' OR (status = 'RUNNING' AND lease_expires_at < $2))",
+            let candidate: Option<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+                "SELECT status, lease_owner, current_step, CAST(step_deaths AS BIGINT) \
+                     FROM workflow_runs WHERE id = $1 AND \
+                     (status = 'PENDING' OR (status = 'RUNNING' AND lease_expires_at < $2))",
             )
             .bind(&id_text)
             .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-            let taken = match found {
-                None => None,
-                Some((status, previous_owner)) => {
-                    let row: Option<RunRow> = sqlx::query_as(TAKE_IF_CLAIMABLE)
-                        .bind(owner)
-                        .bind(now.saturating_add(millis(lease)))
-                        .bind(now)
-                        .bind(&id_text)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let Some(row) = row else {
-                        return Ok(None);
-                    };
+            let found = match candidate {
+                None => Found::Nothing,
+                Some((status, previous_owner, step, deaths)) => {
+                    let c = (id_text.clone(), previous_owner, step, deaths);
                     let reclaimed = status == "RUNNING";
-                    let (kind, data) = if reclaimed {
-                        (
-                            EventKind::LeaseClaimed,
-                            json!({"owner": owner, "reclaimed": true, "previous_owner": previous_owner}),
-                        )
-                    } else {
-                        (
-                            EventKind::StatusChanged,
-                            json!({"from": RunStatus::Pending, "to": RunStatus::Running,
-                                "reason": "claimed", "owner": owner}),
-                        )
-                    };
-                    insert_event!(&mut *tx, &id_text, row.last_event_seq, kind, data, now);
-                    Some((row, reclaimed))
+                    take_in!(self, tx, owner, lease, now, c, reclaimed, TAKE_IF_CLAIMABLE)
                 }
             };
             tx.commit().await?;
-            taken
+            found
         });
-        claimed
-            .map(|(row, reclaimed)| {
-                Ok(Claim {
-                    run: row.try_into()?,
-                    reclaimed,
-                })
-            })
-            .transpose()
+        match found {
+            Found::Nothing => Ok(None),
+            Found::Claimed(row, reclaimed) => Ok(Some(Claim {
+                run: (*row).try_into()?,
+                reclaimed,
+            })),
+            Found::Poisoned(id, reason) => {
+                self.poisoned(&id, &reason);
+                Ok(None)
+            }
+        }
     }
 
     /// Extends `owner`'s lease on a RUNNING run. `false` means the lease is lost (expired and

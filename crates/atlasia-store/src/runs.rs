@@ -52,26 +52,29 @@ pub struct Page {
 }
 
 /// Appends one event row inside an open transaction or connection.
+/// The data passes through the store's hygiene (secrets redacted, NUL replaced) first.
 macro_rules! insert_event {
-    ($conn:expr, $run_id:expr, $seq:expr, $kind:expr, $data:expr, $now:expr) => {
+    ($store:expr, $conn:expr, $run_id:expr, $seq:expr, $kind:expr, $data:expr, $now:expr) => {{
+        let data = $store.clean_json(&$data).into_owned();
         sqlx::query(
             "INSERT INTO run_events (run_id, seq, kind, data, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind($run_id)
         .bind($seq)
         .bind($kind.as_str())
-        .bind(Json($data))
+        .bind(sqlx::types::Json(data))
         .bind($now)
         .execute($conn)
         .await?
-    };
+    }};
 }
 pub(crate) use insert_event;
 
 /// Inserts `$new` as a PENDING run `$id` (its `run_created` event is the caller's, with the
-/// details it knows); evaluates to the stored row.
+/// details it knows); evaluates to the stored row. Title and body pass through the store's
+/// hygiene: an issue may quote a secret.
 macro_rules! insert_run {
-    ($conn:expr, $id:expr, $new:expr, $now:expr) => {
+    ($store:expr, $conn:expr, $id:expr, $new:expr, $now:expr) => {
         sqlx::query_as::<_, RunRow>(
             "INSERT INTO workflow_runs (id, repo, issue_number, title, body, status, priority, \
              autonomy, budget_usd, last_event_seq, created_at, updated_at) \
@@ -80,8 +83,8 @@ macro_rules! insert_run {
         .bind($id)
         .bind(&$new.repo)
         .bind($new.issue_number)
-        .bind(&$new.title)
-        .bind(&$new.body)
+        .bind($store.clean(&$new.title).into_owned())
+        .bind($store.clean(&$new.body).into_owned())
         .bind($new.priority)
         .bind($new.autonomy.as_str())
         .bind($new.budget_usd)
@@ -154,9 +157,9 @@ impl Store {
                     return Err(StoreError::RunActive(active));
                 }
             }
-            let row: RunRow = insert_run!(&mut *tx, &id, new, now);
+            let row: RunRow = insert_run!(self, &mut *tx, &id, new, now);
             let data = json!({"status": "PENDING", "priority": new.priority});
-            insert_event!(&mut *tx, &id, 1_i64, EventKind::RunCreated, data, now);
+            insert_event!(self, &mut *tx, &id, 1_i64, EventKind::RunCreated, data, now);
             tx.commit().await?;
             row
         });
@@ -284,6 +287,7 @@ impl Store {
                     d.extend(x);
                 }
                 insert_event!(
+                    self,
                     &mut *tx,
                     &id_text,
                     r.seq(),
@@ -327,6 +331,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             let data = json!({"from": from, "to": to, "reason": reason});
+            let data = self.clean_json(&data).into_owned();
             for chunk in moved.chunks(500) {
                 let mut q = QueryBuilder::new(
                     "INSERT INTO run_events (run_id, seq, kind, data, created_at) ",

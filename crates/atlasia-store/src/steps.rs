@@ -49,8 +49,10 @@ impl From<ArtifactRow> for Artifact {
 }
 
 /// Bumps the event sequence (and optionally moves `current_step`) only while `owner` holds the
-/// lease on a RUNNING run: every write below depends on this row coming back.
+/// lease on a RUNNING run: every write below depends on this row coming back. Moving to another
+/// step resets the count of worker deaths (poison runs are counted per step).
 pub(crate) const TOUCH_HELD: &str = "UPDATE workflow_runs SET last_event_seq = last_event_seq + 1, \
+    step_deaths = CASE WHEN current_step = $1 THEN step_deaths ELSE 0 END, \
     current_step = $1, updated_at = $2 \
     WHERE id = $3 AND status = 'RUNNING' AND lease_owner = $4 RETURNING *";
 
@@ -111,7 +113,15 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
                 let data = json!({"step": step, "attempt": attempt});
-                insert_event!(&mut *tx, &id, r.seq(), EventKind::StepStarted, data, now);
+                insert_event!(
+                    self,
+                    &mut *tx,
+                    &id,
+                    r.seq(),
+                    EventKind::StepStarted,
+                    data,
+                    now
+                );
                 tx.commit().await?;
             }
             row
@@ -147,6 +157,7 @@ impl Store {
     ) -> Result<Option<Run>, StoreError> {
         let now = Timestamp::now().0;
         let id = run_id.to_string();
+        let error: &str = &self.clean(error);
         let row: Option<RunRow> = on_pool!(self, |p| {
             let _permit = self.write_permit().await?;
             let mut tx = acquire!(self, p, tx);
@@ -180,7 +191,15 @@ impl Store {
                     .await?;
                 let data = json!({"from": RunStatus::Running, "to": RunStatus::Failed,
                                   "reason": error, "owner": owner});
-                insert_event!(&mut *tx, &id, r.seq(), EventKind::StatusChanged, data, now);
+                insert_event!(
+                    self,
+                    &mut *tx,
+                    &id,
+                    r.seq(),
+                    EventKind::StatusChanged,
+                    data,
+                    now
+                );
                 tx.commit().await?;
             }
             row

@@ -8,7 +8,6 @@ use crate::runs::{ACTIVE_RUN_OF_ISSUE, insert_event, insert_run};
 use crate::{Store, StoreError};
 use atlasia_core::{EventKind, NewRun, Run, RunId, Timestamp};
 use serde_json::json;
-use sqlx::types::Json;
 
 /// What recording a delivery did.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,9 +64,9 @@ impl Store {
                 "INSERT INTO webhook_deliveries (delivery_id, event, outcome, run_id, received_at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id) DO NOTHING",
             )
-            .bind(delivery_id)
-            .bind(event)
-            .bind(outcome)
+            .bind(self.clean(delivery_id).into_owned())
+            .bind(self.clean(event).into_owned())
+            .bind(self.clean(outcome).into_owned())
             .bind(id.as_deref())
             .bind(now)
             .execute(&mut *tx)
@@ -100,14 +99,14 @@ impl Store {
                         Err(active)
                     }
                     (Some(new), Some(id), None) => {
-                        let row: RunRow = insert_run!(&mut *tx, id, new, now);
+                        let row: RunRow = insert_run!(self, &mut *tx, id, new, now);
                         let data = json!({
                             "status": "PENDING",
                             "priority": new.priority,
                             "source": "github_webhook",
                             "delivery_id": delivery_id,
                         });
-                        insert_event!(&mut *tx, id, 1_i64, EventKind::RunCreated, data, now);
+                        insert_event!(self, &mut *tx, id, 1_i64, EventKind::RunCreated, data, now);
                         Ok(Some(row))
                     }
                     _ => Ok(None),

@@ -45,7 +45,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Run(_) => "warn,atlasia_engine=warn",
         _ => "info,sqlx=warn,tower_http=warn",
     };
-    atlasia_server::telemetry::init_logs_with(settings.server.log_format, default_filter);
+    atlasia_server::telemetry::init_logs_redacting(
+        settings.server.log_format,
+        default_filter,
+        settings.redactor()?,
+    );
     let done = match cli.command {
         Command::Run(args) => return crate::run_cmd::run(settings, args).await,
         Command::Serve(args) => {
@@ -96,7 +100,11 @@ fn default_server_url(settings: &Settings) -> Option<String> {
 }
 
 pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
-    let store = Store::connect(&settings.db_options()).await?;
+    // `atlasia run` and the admin commands store with the same hygiene as `serve`.
+    let store = Store::connect(&settings.db_options())
+        .await?
+        .with_redactor(settings.redactor()?)
+        .with_max_attempts(settings.engine.max_attempts);
     store.migrate().await?;
     Ok(store)
 }

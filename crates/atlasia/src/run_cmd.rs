@@ -92,7 +92,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
         poll: Duration::from_millis(settings.engine.poll_ms),
         data_dir: settings.storage.data_dir.clone(),
         limits: settings.engine.limits(),
-        policy: PathPolicy::from_env(),
+        policy: PathPolicy::from_env().with_known_secrets(store.redactor().clone()),
         // `atlasia run` works on local repositories.
         github: None,
         sandbox: atlasia_engine::sandbox::Sandbox::start(settings.sandbox_config()).await,

@@ -228,7 +228,7 @@ fn original_variable_names_work_and_secrets_are_masked() {
     let dir = tempdir();
     let secret = "orchestrator-secret-9f8e7d6c5b4a";
     let env = [
-        ("DB_URL", "postgres://user:hunter2@localhost/db"),
+        ("DB_URL", "postgres://user:hunter2-pw@localhost/db"),
         ("ORCHESTRATOR_TOKEN", secret),
     ];
     let (text, v) = show(dir.path(), &[], &env);

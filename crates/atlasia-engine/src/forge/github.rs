@@ -86,7 +86,9 @@ impl GithubForge {
         let default = info.default_branch.clone();
         let (branch_owned, run_owned) = (branch.to_owned(), run_id.to_owned());
         let local = local.clone();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _in_run = span.enter();
             sync_clone(&dir, &auth, &default, &branch_owned)?;
             local
                 .prepare_clone(&dir, &run_owned, &branch_owned)

@@ -427,10 +427,12 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// Removes the API key from an error message. Providers echo keys back (OpenAI's 401 shows a
 /// masked one; proxies are less careful), and errors end up in logs and client answers.
+/// A key shorter than the redaction minimum is left alone: replacing it would mangle words
+/// (the server refuses such keys at start; a library caller may still pass one).
 fn scrub(mut e: LlmError, key: Option<&SecretString>) -> LlmError {
     if let Some(key) = key {
         let key = key.expose_secret();
-        if !key.is_empty() && e.message.contains(key) {
+        if key.chars().count() >= atlasia_core::redact::MIN_SECRET_LEN && e.message.contains(key) {
             e.message = e.message.replace(key, "[redacted]");
         }
     }

@@ -1,0 +1,341 @@
+//! Issue 9, parts 3 and 4, through the real binary on both backends: no secret the server
+//! knows reaches what a viewer reads (run, events, artifacts, pull request and its diff, the
+//! log), secrets shorter than 8 characters are refused at start, a NUL in a tool argument is
+//! stored (sanitised) instead of making every write fail, a run whose worker keeps dying is
+//! failed after `engine.max_attempts`, and every engine log line names its run. None of these
+//! rely on the sandbox: the secret comes from the issue, the simulator's script and the
+//! repository under test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::bolts::*;
+use common::*;
+use serde_json::{Value, json};
+use std::process::Command as StdCommand;
+
+/// The webhook secret of the servers below: a value the server knows as a secret.
+const SECRET: &str = "whsec-hygiene-0123456789-abcdef";
+const LLM_KEY: &str = "sk-hygiene-llm-key-0123456789";
+
+async fn server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
+    let mut env = vec![
+        ("LLM_ENDPOINT", sim.base.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", LLM_KEY),
+        ("GITHUB_WEBHOOK_SECRET", SECRET),
+        ("ATLASIA_ENGINE__WORKERS", "2"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+    ];
+    env.extend_from_slice(extra);
+    TestServer::start_with(db, &env).await
+}
+
+/// The calc project, plus a committed `leak.txt` holding the secret and a test that prints
+/// it, so the Tester's command output carries it, and a script that copies it.
+fn leaky_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    write_calc_project(p);
+    std::fs::write(p.join("leak.txt"), format!("{SECRET}\n")).unwrap();
+    std::fs::write(
+        p.join("test_leak.py"),
+        "import unittest\n\n\nclass L(unittest.TestCase):\n    def test_leak(self):\n        \
+         print(open('leak.txt').read())\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("copy_leak.py"),
+        "import shutil\nshutil.copy('leak.txt', 'copy.txt')\n",
+    )
+    .unwrap();
+    git(p, &["init", "-q", "-b", "trunk"]);
+    git(p, &["add", "-A"]);
+    git(p, &["commit", "-q", "-m", "initial"]);
+    dir
+}
+
+on_both! {
+    secrets_never_reach_what_a_viewer_reads => secrets_never_reach_what_a_viewer_reads;
+    a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on => a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on;
+    a_run_whose_worker_keeps_dying_fails_after_max_attempts => a_run_whose_worker_keeps_dying_fails_after_max_attempts;
+}
+
+async fn secrets_never_reach_what_a_viewer_reads(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let srv = server(TestDb::new(db).await, &sim, &[]).await;
+    let repo = leaky_repo();
+    // The developer (scripted) writes the secret into a file with write_file: the path policy
+    // must refuse it. In the script the secret's first letter is a JSON escape, so the stored
+    // issue body does not contain it but the simulator's tool call does.
+    let mut steps = edit_to(FIXED_NEW).as_array().unwrap().clone();
+    steps.push(json!({"tool": "write_file", "args": {"path": "dump.txt", "content": "LEAK_HERE"}}));
+    let escaped = format!("\\u{:04x}{}", SECRET.as_bytes()[0], &SECRET[1..]);
+    let issue = body(json!({"developer": [steps]})).replace("LEAK_HERE", &escaped);
+    let issue = format!("{issue}\nThe deploy token is {SECRET} (and the key {LLM_KEY}).\n");
+    let title = format!("add() subtracts {SECRET}");
+    let run = srv
+        .create_run(
+            json!({"repo": repo.path().display().to_string(), "issue_number": 9,
+                           "title": title, "body": issue}),
+        )
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    assert!(!run.to_string().contains(SECRET), "{run}");
+    let done = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
+    let why = artifacts(&srv, &id, "escalation").await;
+    assert_eq!(done["status"], "DONE", "{why:?}\n{}", srv.log());
+
+    // Everything a viewer reads through the API.
+    let viewer = srv.token("viewer", "viewer").await;
+    let mut shown = String::new();
+    for path in ["", "/events?limit=1000", "/artifacts", "/pull-request"] {
+        let (s, v) = srv.get(&format!("/api/runs/{id}{path}"), &viewer).await;
+        assert!(s.is_success(), "{path}: {v}");
+        shown.push_str(&v.to_string());
+    }
+    for secret in [SECRET, LLM_KEY] {
+        assert!(!shown.contains(secret), "{secret} shown to a viewer");
+        let reversed: String = secret.chars().rev().collect();
+        assert!(!shown.contains(&reversed), "{secret} reversed shown");
+    }
+    // The secret was there, and was redacted (the test can fail): in the run's title (so in
+    // the pull request and its diff's CHANGELOG line) and body, and the Tester's output.
+    assert!(
+        done["body"].as_str().unwrap().contains("[redacted]"),
+        "{done}"
+    );
+    assert!(
+        done["title"].as_str().unwrap().contains("[redacted]"),
+        "{done}"
+    );
+    let tests = artifacts(&srv, &id, "test_report").await;
+    let tails = tests[0]["payload"].to_string();
+    assert!(tails.contains("[redacted]"), "{tails}");
+    let (_, pr) = srv
+        .get(&format!("/api/runs/{id}/pull-request"), &viewer)
+        .await;
+    assert!(pr["diff"].as_str().unwrap().contains("[redacted]"), "{pr}");
+
+    // The write_file of the secret was refused by the path policy: not on the branch.
+    let evs = events(&srv, &id).await;
+    let refused = kinds(&evs, "tool_called")
+        .into_iter()
+        .find(|e| e["data"]["tool"] == "write_file")
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("secret value of this server"), "{refused}");
+    let head = pr["head"].as_str().unwrap();
+    let on_branch = |file: &str| {
+        StdCommand::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["cat-file", "-e", &format!("{head}:{file}")])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(!on_branch("dump.txt"), "dump.txt was committed");
+    assert!(on_branch("calc.py"), "the check above must be able to fail");
+
+    // A file a command writes (a copy of the repository's leak.txt) holding the secret is
+    // refused too, before any commit: the bolt escalates and no branch ever holds it.
+    let script = json!({"developer": [[
+        {"tool": "run_command", "args": {"command": "python3 copy_leak.py"}},
+    ]]});
+    let run = srv
+        .create_run(
+            json!({"repo": repo.path().display().to_string(), "issue_number": 10,
+                           "title": "copy", "body": body(script)}),
+        )
+        .await;
+    let copy_id = run["id"].as_str().unwrap().to_owned();
+    let stopped = wait_status(&srv, &copy_id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(stopped["status"], "ESCALATED", "{stopped}");
+    let why = artifacts(&srv, &copy_id, "escalation").await;
+    let blocker = why[0]["payload"]["blocker"].as_str().unwrap();
+    assert!(
+        blocker.contains("copy.txt") && blocker.contains("secret value of this server"),
+        "{blocker}"
+    );
+    let copied = StdCommand::new("git")
+        .arg("-C")
+        .arg(repo.path())
+        .args(["log", "--all", "--format=%H", "--", "copy.txt"])
+        .output()
+        .unwrap();
+    assert!(copied.stdout.is_empty(), "copy.txt was committed");
+
+    // Nor the database's own rows, read behind the API's back.
+    let rows = srv.db.sql_cli(&format!(
+        "SELECT COUNT(*) FROM run_events WHERE CAST(data AS TEXT) LIKE '%{SECRET}%'"
+    ));
+    assert_eq!(rows.trim(), "0");
+    // Nor the log.
+    let log = srv.log();
+    assert!(
+        !log.contains(SECRET) && !log.contains(LLM_KEY),
+        "secret in the log"
+    );
+}
+
+/// Secrets shorter than 8 characters are refused at start with exit 2 and one line naming
+/// the setting, never echoing the value: redacting them would mangle ordinary words.
+#[test]
+fn short_secrets_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("LLM_ENDPOINT", "http://127.0.0.1:9/v1"),
+                ("LLM_MODEL", "m"),
+                ("LLM_API_KEY", "x"),
+            ],
+            "LLM_API_KEY",
+        ),
+        (
+            &[("GITHUB_WEBHOOK_SECRET", "s3cr3t")],
+            "github.webhook_secret",
+        ),
+        (&[("GITHUB_TOKEN", "ghp_1")], "github.token"),
+        (
+            &[("DB_URL", "postgres://u:pw4u@127.0.0.1:9/db")],
+            "database.url",
+        ),
+    ];
+    for (env, key) in cases {
+        let out = cli(dir.path(), &["serve", "--bind", "127.0.0.1:0"], env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(key), "{err}");
+        assert!(err.contains("at least 8 characters"), "{err}");
+        let value = env.last().unwrap().1;
+        assert!(!err.contains(&format!(" {value}")), "{err}");
+    }
+    // Eight characters are enough.
+    let out = cli(
+        dir.path(),
+        &["config", "show"],
+        &[("GITHUB_WEBHOOK_SECRET", "8chars!!")],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+async fn a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let srv = server(
+        TestDb::new(db).await,
+        &sim,
+        &[("ATLASIA_SERVER__LOG_FORMAT", "json")],
+    )
+    .await;
+    let repo = tempfile::tempdir().unwrap();
+    write_calc_project(repo.path());
+    git(repo.path(), &["init", "-q", "-b", "trunk"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "initial"]);
+    let mut steps = vec![json!({"tool": "read_file", "args": {"path": "calc\u{0}.py"}})];
+    steps.extend(edit_to(FIXED_NEW).as_array().unwrap().iter().cloned());
+    let run = srv
+        .create_run(json!({"repo": repo.path().display().to_string(),
+                           "title": "add() subtracts", "body": body(json!({"developer": [steps]}))}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
+    // The argument was stored, its NUL replaced the same way on both backends.
+    let evs = events(&srv, &id).await;
+    let read = kinds(&evs, "tool_called")
+        .into_iter()
+        .find(|e| e["data"]["tool"] == "read_file" && e.to_string().contains("calc"))
+        .unwrap()
+        .to_string();
+    assert!(read.contains("calc\u{FFFD}.py"), "{read}");
+    let log = srv.log();
+    assert!(!log.contains("run abandoned"), "{log}");
+    // Every engine log line names the run.
+    let mut engine_lines = 0;
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("atlasia_engine"))
+        {
+            engine_lines += 1;
+            assert!(line.contains(&id), "engine line without the run: {line}");
+        }
+    }
+    assert!(engine_lines > 5, "only {engine_lines} engine lines:\n{log}");
+}
+
+/// The step in progress never ends (the simulator answers after a minute); the server is
+/// killed (-9) during it three times. The fourth start finds the lease expired once more and
+/// fails the run with the reason and its event, in one transaction, instead of running it.
+async fn a_run_whose_worker_keeps_dying_fails_after_max_attempts(db: Db) {
+    let sim = Sim::start(&["--latency-ms", "60000"]).await;
+    let repo = leaky_repo();
+    let extra = [
+        ("ATLASIA_ENGINE__LEASE_MS", "1000"),
+        ("ATLASIA_ENGINE__MAX_ATTEMPTS", "3"),
+    ];
+    let mut srv = server(TestDb::new(db).await, &sim, &extra).await;
+    let run = srv
+        .create_run(json!({"repo": repo.path().display().to_string(),
+                           "title": "never finishes", "body": "a step that kills its worker"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    for death in 1..=3usize {
+        eventually(BOLT_LIMIT, || async {
+            let evs = events(&srv, &id).await;
+            (kinds(&evs, "step_started").len() == death).then_some(())
+        })
+        .await;
+        let pid = srv.child.id().unwrap();
+        let killed = StdCommand::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        srv.child.wait().await.unwrap();
+        let TestServer { db, .. } = srv;
+        srv = server(db, &sim, &extra).await;
+    }
+    let failed = wait_status(&srv, &id, &["FAILED", "DONE", "ESCALATED"]).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}\n{}", srv.log());
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("the worker died 3 times during PM"),
+        "{error}"
+    );
+    let evs = events(&srv, &id).await;
+    let last = evs.last().unwrap();
+    assert_eq!(last["kind"], "status_changed", "{last}");
+    assert_eq!(last["data"]["to"], "FAILED", "{last}");
+    assert_eq!(last["data"]["poisoned"], true, "{last}");
+    // Reclaimed twice, never a third time; the step ran three times.
+    assert_eq!(kinds(&evs, "lease_claimed").len(), 2, "{evs:?}");
+    assert_eq!(kinds(&evs, "step_started").len(), 3);
+    let text = srv
+        .client
+        .get(srv.url("/api/metrics/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("workflow_runs_poisoned_total") && l.ends_with(" 1")),
+        "{text}"
+    );
+    // The failed step row says why, too.
+    let step = srv.db.sql_cli(&format!(
+        "SELECT status FROM run_steps WHERE run_id = '{id}' ORDER BY seq DESC LIMIT 1"
+    ));
+    assert_eq!(step.trim(), "FAILED");
+}
