@@ -85,6 +85,7 @@ impl StoreError {
             Self::NotFound(_)
             | Self::Transition(_)
             | Self::Conflict(_)
+            | Self::RunActive(_)
             | Self::BadCursor
             | Self::Corrupt(_)
             | Self::Config(_)
