@@ -683,12 +683,36 @@ async fn connections_are_limited(db: Db) {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!third.is_finished(), "served beyond max_connections");
+    let metrics = srv
+        .client
+        .get(srv.url("/api/metrics/prometheus"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(metrics.is_err(), "no slot for a fourth client either");
     drop(held.pop());
     let answer = tokio::time::timeout(Duration::from_secs(10), third)
         .await
         .expect("served once a slot frees")
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Open connections are visible: the held one and the metrics request itself.
+    let body = srv
+        .client
+        .get(srv.url("/api/metrics/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("http_server_connections "))
+        .unwrap_or_else(|| panic!("{body}"))
+        .parse()
+        .unwrap();
+    assert!((1.0..=2.0).contains(&open), "{open}");
 }
 
 // ---------------------------------------------------------------------------------------------

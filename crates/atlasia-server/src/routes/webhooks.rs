@@ -1,8 +1,11 @@
 //! `POST /api/webhooks/github`: GitHub deliveries, verified by `X-Hub-Signature-256` over the
-//! raw body before anything else happens. A refused delivery stores nothing (it only bumps
-//! `github_webhook_rejected_total{reason}`); a verified one is recorded once by its
-//! `X-GitHub-Delivery` id, so a redelivery never starts a second run. `issues` `labeled` with
-//! `ai:run` starts a run; everything else is acknowledged and ignored.
+//! raw body before anything else happens — and the body is only read once the secret, the
+//! signature header and a declared length within GitHub's cap are there. A refused delivery
+//! stores nothing (it only bumps `github_webhook_rejected_total{reason}`); a verified one is
+//! recorded once by its `X-GitHub-Delivery` id, so a redelivery never starts a second run.
+//! `issues` `labeled` with `ai:run` on a GitHub `owner/name` starts a run, unless a run of that
+//! repository and issue is still active (then the delivery is recorded as `active`); everything
+//! else is acknowledged and ignored.
 
 use crate::error::ApiError;
 use crate::github::{RUN_LABEL, clip_title, label_priority};
