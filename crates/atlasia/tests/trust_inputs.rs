@@ -401,6 +401,65 @@ async fn one_active_run_per_issue(db: Db) {
     assert_eq!(count.trim(), "1");
 }
 
+/// Migration 0002 on a database that already holds several active runs of one issue: the oldest
+/// stays, the others are cancelled with their event, and the index then holds.
+async fn migration_keeps_the_oldest_active_run(db: Db) {
+    let db = TestDb::new(db).await;
+    db.store(1).await.close().await;
+    // Back to the schema before 0002, with duplicates it would have allowed.
+    db.sql_cli("DROP INDEX workflow_runs_one_active");
+    db.sql_cli("DELETE FROM _sqlx_migrations WHERE version = 2");
+    db.sql_cli(
+        "INSERT INTO workflow_runs (id, repo, issue_number, title, status, last_event_seq, \
+         created_at, updated_at) VALUES \
+         ('r1', 'acme/w', 3, 't', 'PAUSED', 0, 1, 1), \
+         ('r2', 'acme/w', 3, 't', 'PENDING', 0, 2, 2), \
+         ('r3', 'acme/w', 3, 't', 'ESCALATED', 4, 3, 3), \
+         ('r4', 'acme/w', 3, 't', 'DONE', 0, 4, 4), \
+         ('r5', 'acme/w', 4, 't', 'RUNNING', 0, 5, 5), \
+         ('r6', 'acme/w', NULL, 't', 'PENDING', 0, 6, 6), \
+         ('r7', 'acme/w', NULL, 't', 'PENDING', 0, 7, 7)",
+    );
+    let store = db.store(1).await;
+    let rows = db.sql_cli(
+        "SELECT id || ' ' || status || ' ' || last_event_seq FROM workflow_runs ORDER BY id",
+    );
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [
+            "r1 PAUSED 0",
+            "r2 CANCELLED 1",
+            "r3 CANCELLED 5",
+            "r4 DONE 0",
+            "r5 RUNNING 0",
+            "r6 PENDING 0",
+            "r7 PENDING 0"
+        ]
+    );
+    let events =
+        db.sql_cli("SELECT run_id || ' ' || seq || ' ' || kind FROM run_events ORDER BY run_id");
+    assert_eq!(
+        events.lines().collect::<Vec<_>>(),
+        ["r2 1 status_changed", "r3 5 status_changed"]
+    );
+    let again = store
+        .create_run(&NewRun {
+            repo: "acme/w".into(),
+            issue_number: Some(3),
+            title: "again".into(),
+            body: String::new(),
+            priority: 5,
+            autonomy: Autonomy::Autonomous,
+            budget_usd: None,
+        })
+        .await;
+    assert!(
+        matches!(&again, Err(atlasia_store::StoreError::RunActive(Some(id))) if id == "r1"),
+        "{again:?}"
+    );
+    store.close().await;
+}
+
 /// A webhook replayed with fresh delivery ids while its run is active, racing a POST for the
 /// same issue: one run in all.
 async fn replays_and_posts_race_to_one_run(db: Db) {
@@ -592,6 +651,58 @@ async fn webhook_bodies_are_capped_before_reading(db: Db) {
     );
 }
 
+/// Bodies that trickle in hold a read slot at most `server.request_timeout_ms`: more slow posts
+/// than slots do not lock GitHub's deliveries out.
+async fn slow_webhook_bodies_give_their_slot_back(db: Db) {
+    let srv = TestServer::start_with(
+        TestDb::new(db).await,
+        &[
+            ("GITHUB_WEBHOOK_SECRET", SECRET),
+            ("ATLASIA_SERVER__REQUEST_TIMEOUT_MS", "700"),
+        ],
+    )
+    .await;
+    let head = format!(
+        "POST /api/webhooks/github HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: issues\r\nX-GitHub-Delivery: slow\r\n\
+         X-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n{{\"a\":",
+        host(&srv)
+    );
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(host(&srv)).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        slow.push(s);
+    }
+    // A real delivery gets through while the slow ones are still open.
+    let body = b"{\"zen\":\"Keep it logically awesome.\"}";
+    let started = Instant::now();
+    let resp = srv
+        .client
+        .post(srv.url("/api/webhooks/github"))
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "ping-1")
+        .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // Each slow post is answered 503 `request_timeout`, not held open.
+    for mut s in slow {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.contains("request_timeout"), "{out}");
+    }
+}
+
 async fn webhook_without_secret_reads_nothing(db: Db) {
     let srv = TestServer::start(db).await;
     // The body is announced but never sent: the answer must not wait for it.
@@ -747,9 +858,11 @@ on_both! {
     webhook_paths => webhooks_never_name_local_paths;
     one_active => one_active_run_per_issue;
     replay_race => replays_and_posts_race_to_one_run;
+    migration_0002 => migration_keeps_the_oldest_active_run;
     method_labels => invented_methods_add_no_series;
     webhook_caps => webhook_bodies_are_capped_before_reading;
     webhook_no_secret => webhook_without_secret_reads_nothing;
+    webhook_slow_bodies => slow_webhook_bodies_give_their_slot_back;
     slow_connections => slow_and_idle_connections_are_closed;
     max_connections => connections_are_limited;
 }

@@ -110,18 +110,24 @@ pub async fn github(
         .await
         .map_err(|_| ApiError::Timeout(READ_SLOT_WAIT.as_millis() as u64))?
         .map_err(|_| ApiError::Internal("webhook read slots closed".into()))?;
-    // The route's `DefaultBodyLimit` (GitHub's cap) applies: reading stops past it.
-    let body = Bytes::from_request(req, &st)
-        .await
-        .map_err(|r: BytesRejection| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                metrics::counter!("github_webhook_rejected_total", "reason" => "too_large")
-                    .increment(1);
-                ApiError::PayloadTooLarge(WEBHOOK_BODY_LIMIT)
-            } else {
-                ApiError::BadRequest(r.body_text())
-            }
-        })?;
+    // The route's `DefaultBodyLimit` (GitHub's cap) applies: reading stops past it. A body that
+    // trickles in must not hold a read slot for longer than a request may take.
+    let limit_ms = st.settings.server.request_timeout_ms;
+    let read = tokio::time::timeout(
+        std::time::Duration::from_millis(limit_ms),
+        Bytes::from_request(req, &st),
+    )
+    .await
+    .map_err(|_| ApiError::Timeout(limit_ms))?;
+    let body = read.map_err(|r: BytesRejection| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            metrics::counter!("github_webhook_rejected_total", "reason" => "too_large")
+                .increment(1);
+            ApiError::PayloadTooLarge(WEBHOOK_BODY_LIMIT)
+        } else {
+            ApiError::BadRequest(r.body_text())
+        }
+    })?;
     if !verify_signature(secret.expose_secret().as_bytes(), &body, signature) {
         return Err(reject(
             "bad_signature",
