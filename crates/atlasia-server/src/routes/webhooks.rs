@@ -106,7 +106,7 @@ pub async fn github(
         }
         _ => {}
     }
-    let _slot = tokio::time::timeout(READ_SLOT_WAIT, READS.acquire())
+    let slot = tokio::time::timeout(READ_SLOT_WAIT, READS.acquire())
         .await
         .map_err(|_| ApiError::Timeout(READ_SLOT_WAIT.as_millis() as u64))?
         .map_err(|_| ApiError::Internal("webhook read slots closed".into()))?;
@@ -134,7 +134,7 @@ pub async fn github(
             "X-Hub-Signature-256 does not match the payload",
         ));
     }
-    drop(_slot);
+    drop(slot);
     let event = header(&headers, "x-github-event")
         .unwrap_or_default()
         .to_owned();
