@@ -173,7 +173,7 @@ pub async fn workspace(ctx: &StepCtx<'_>, env: &Env) -> Result<Workspace, String
     if !atlasia_core::run::is_local_path(&ctx.run.repo) {
         // `owner/name` never resolves to a folder on this host.
         return Err(format!(
-            "repository '{}' is a GitHub owner/name, but GitHub is not configured ([github])",
+            "cannot prepare repository '{}': it is a GitHub owner/name, never a local folder, and GitHub is not configured ([github])",
             ctx.run.repo
         ));
     }

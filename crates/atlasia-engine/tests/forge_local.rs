@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use atlasia_engine::forge::{BOT_EMAIL, BOT_NAME, LocalForge, branch_name};
+use atlasia_engine::forge::{
+    BOT_EMAIL, BOT_NAME, ForgeError, ImportLimits, LocalForge, RepoAccess, RepoRefused, branch_name,
+};
 
 /// Runs git as the "user" would, with an identity of its own and no global config.
 fn user_git(dir: &Path, args: &[&str]) -> String {
@@ -323,4 +325,100 @@ fn invalid_inputs_are_refused() {
     user_git(&empty, &["init", "--quiet"]);
     let err = forge.prepare(&empty, "ok-run", "ai/issue-1").unwrap_err();
     assert!(err.to_string().contains("no commits"), "{err}");
+}
+
+#[test]
+fn imports_are_capped_before_anything_is_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("plain");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    for i in 0..5 {
+        std::fs::write(folder.join(format!("sub/f{i}.txt")), "0123456789").unwrap();
+    }
+    let capped = |max_files, max_bytes| {
+        LocalForge::with_access(
+            tmp.path().join("data"),
+            RepoAccess {
+                roots: None,
+                import: ImportLimits {
+                    max_files,
+                    max_bytes,
+                },
+            },
+        )
+    };
+    for (forge, what) in [
+        (capped(4, 1_000), "more than 4 files"),
+        (capped(100, 49), "more than 49 bytes"),
+    ] {
+        let err = forge.prepare(&folder, "run-big", "ai/issue-1").unwrap_err();
+        assert!(matches!(err, ForgeError::ImportTooLarge { .. }), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+        assert!(
+            err.to_string().contains("storage.import_max_files"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("data/imports").exists(), "nothing copied");
+    }
+    // At the caps exactly: imported.
+    let ws = capped(5, 50)
+        .prepare(&folder, "run-fits", "ai/issue-1")
+        .unwrap();
+    assert!(ws.path.join("sub/f4.txt").exists());
+}
+
+#[test]
+fn imports_keep_no_way_out_of_the_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("plain");
+    std::fs::create_dir_all(folder.join("src")).unwrap();
+    std::fs::write(folder.join("src/app.py"), "print('hi')\n").unwrap();
+    let link = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, folder.join(name)).unwrap();
+    };
+    link("/etc/passwd", "abs-out");
+    link("../../../../etc", "src/rel-out");
+    link("src/app.py", "inside");
+    link("../app.py", "src/up-inside");
+    let fifo = folder.join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let forge = LocalForge::new(tmp.path().join("data"));
+    let ws = forge.prepare(&folder, "run-links", "ai/issue-1").unwrap();
+    let present = |name: &str| std::fs::symlink_metadata(ws.path.join(name)).is_ok();
+    assert!(!present("abs-out"), "absolute symlink out of the folder");
+    assert!(!present("src/rel-out"), "relative symlink climbing out");
+    assert!(present("inside"));
+    assert!(!present("pipe"), "special files are never imported");
+    // `src/up-inside` → `../app.py` is `app.py` at the top: inside (even if dangling).
+    assert!(present("src/up-inside"));
+}
+
+#[test]
+fn the_data_directory_is_never_a_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("imports")).unwrap();
+    let forge = LocalForge::new(&data);
+    for repo in [data.clone(), data.join("imports"), tmp.path().to_path_buf()] {
+        let err = forge.prepare(&repo, "run-data", "ai/issue-1").unwrap_err();
+        assert!(
+            matches!(err, ForgeError::Refused(RepoRefused::DataDir { .. })),
+            "{}: {err}",
+            repo.display()
+        );
+    }
+    // A forge limited to roots refuses everything else, however it was stored.
+    let root = tmp.path().join("repos");
+    std::fs::create_dir_all(&root).unwrap();
+    let limited = LocalForge::with_access(
+        &data,
+        RepoAccess::under(std::slice::from_ref(&root), ImportLimits::default()),
+    );
+    let repo = user_repo(tmp.path());
+    let before = user_state(&repo);
+    let err = limited.prepare(&repo, "run-out", "ai/issue-1").unwrap_err();
+    assert!(err.to_string().contains("server.repo_roots"), "{err}");
+    assert_eq!(user_state(&repo), before);
+    assert_eq!(user_git(&repo, &["branch", "--list", "ai/*"]), "");
 }

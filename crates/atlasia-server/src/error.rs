@@ -176,7 +176,15 @@ impl From<StoreError> for ApiError {
 
 impl From<RepoRefused> for ApiError {
     fn from(e: RepoRefused) -> Self {
-        Self::RepoNotAllowed(e.to_string())
+        let message = e.to_string();
+        if message.contains(atlasia_engine::forge::access::ROOTS_SETTING) {
+            Self::RepoNotAllowed(message)
+        } else {
+            Self::RepoNotAllowed(format!(
+                "{message} (local repositories must be directories under {})",
+                atlasia_engine::forge::access::ROOTS_SETTING
+            ))
+        }
     }
 }
 

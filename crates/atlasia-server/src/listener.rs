@@ -27,6 +27,23 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
 }
 
+/// Counts a connection in `http_server_connections` (open now; at `server.max_connections`
+/// new clients wait) for as long as it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> Self {
+        metrics::gauge!("http_server_connections").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("http_server_connections").decrement(1.0);
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown`, then drains the open connections.
 pub async fn serve(
     listener: TcpListener,
@@ -64,6 +81,7 @@ pub async fn serve(
         let stop = shutdown.clone();
         conns.spawn(async move {
             let _permit = permit;
+            let _open = OpenConnection::count();
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

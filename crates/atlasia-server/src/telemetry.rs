@@ -62,6 +62,10 @@ fn describe() {
         "HTTP request latency by method, route template and status."
     );
     describe_gauge!(
+        "http_server_connections",
+        "HTTP connections open now; at server.max_connections new clients wait."
+    );
+    describe_gauge!(
         "db_pool_connections_active",
         "Database connections lent out."
     );

@@ -106,6 +106,12 @@ impl RepoAccess {
             .to_str()
             .ok_or_else(|| RepoRefused::NotUtf8(shown.clone()))?
             .to_owned();
+        if let Some(roots) = &self.roots
+            && !roots.iter().any(|root| path.starts_with(root))
+        {
+            return Err(RepoRefused::NotUnderRoot(canonical));
+        }
+        // A root may contain the data directory; the data directory stays out all the same.
         let data = data_dir
             .canonicalize()
             .or_else(|_| std::path::absolute(data_dir))
@@ -116,12 +122,7 @@ impl RepoAccess {
                 data_dir: data.display().to_string(),
             });
         }
-        match &self.roots {
-            Some(roots) if !roots.iter().any(|root| path.starts_with(root)) => {
-                Err(RepoRefused::NotUnderRoot(canonical))
-            }
-            _ => Ok(path),
-        }
+        Ok(path)
     }
 }
 

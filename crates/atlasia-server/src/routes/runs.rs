@@ -30,6 +30,11 @@ pub async fn create(
     if atlasia_core::run::is_local_path(&new.repo) {
         new.repo = admit_local(&st, &new.repo).await?;
     }
+    // A second trigger for an issue with an active run costs no GitHub call; the insert below
+    // settles races.
+    if let Some(active) = st.store.active_run_of_issue(&new).await? {
+        return Err(ApiError::RunActive(active));
+    }
     // `owner/name` + issue number without title or body: read the issue from GitHub.
     if let Some(gh) = &st.github {
         crate::github::fill_from_issue(gh, &st.settings.github, &mut new, priority_given).await?;

@@ -1,8 +1,11 @@
 //! `POST /api/webhooks/github`: GitHub deliveries, verified by `X-Hub-Signature-256` over the
-//! raw body before anything else happens. A refused delivery stores nothing (it only bumps
-//! `github_webhook_rejected_total{reason}`); a verified one is recorded once by its
-//! `X-GitHub-Delivery` id, so a redelivery never starts a second run. `issues` `labeled` with
-//! `ai:run` starts a run; everything else is acknowledged and ignored.
+//! raw body before anything else happens — and the body is only read once the secret, the
+//! signature header and a declared length within GitHub's cap are there. A refused delivery
+//! stores nothing (it only bumps `github_webhook_rejected_total{reason}`); a verified one is
+//! recorded once by its `X-GitHub-Delivery` id, so a redelivery never starts a second run.
+//! `issues` `labeled` with `ai:run` on a GitHub `owner/name` starts a run, unless a run of that
+//! repository and issue is still active (then the delivery is recorded as `active`); everything
+//! else is acknowledged and ignored.
 
 use crate::error::ApiError;
 use crate::github::{RUN_LABEL, clip_title, label_priority};
@@ -103,29 +106,35 @@ pub async fn github(
         }
         _ => {}
     }
-    let _slot = tokio::time::timeout(READ_SLOT_WAIT, READS.acquire())
+    let slot = tokio::time::timeout(READ_SLOT_WAIT, READS.acquire())
         .await
         .map_err(|_| ApiError::Timeout(READ_SLOT_WAIT.as_millis() as u64))?
         .map_err(|_| ApiError::Internal("webhook read slots closed".into()))?;
-    // The route's `DefaultBodyLimit` (GitHub's cap) applies: reading stops past it.
-    let body = Bytes::from_request(req, &st)
-        .await
-        .map_err(|r: BytesRejection| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                metrics::counter!("github_webhook_rejected_total", "reason" => "too_large")
-                    .increment(1);
-                ApiError::PayloadTooLarge(WEBHOOK_BODY_LIMIT)
-            } else {
-                ApiError::BadRequest(r.body_text())
-            }
-        })?;
+    // The route's `DefaultBodyLimit` (GitHub's cap) applies: reading stops past it. A body that
+    // trickles in must not hold a read slot for longer than a request may take.
+    let limit_ms = st.settings.server.request_timeout_ms;
+    let read = tokio::time::timeout(
+        std::time::Duration::from_millis(limit_ms),
+        Bytes::from_request(req, &st),
+    )
+    .await
+    .map_err(|_| ApiError::Timeout(limit_ms))?;
+    let body = read.map_err(|r: BytesRejection| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            metrics::counter!("github_webhook_rejected_total", "reason" => "too_large")
+                .increment(1);
+            ApiError::PayloadTooLarge(WEBHOOK_BODY_LIMIT)
+        } else {
+            ApiError::BadRequest(r.body_text())
+        }
+    })?;
     if !verify_signature(secret.expose_secret().as_bytes(), &body, signature) {
         return Err(reject(
             "bad_signature",
             "X-Hub-Signature-256 does not match the payload",
         ));
     }
-    drop(_slot);
+    drop(slot);
     let event = header(&headers, "x-github-event")
         .unwrap_or_default()
         .to_owned();
