@@ -43,7 +43,10 @@ async fn time(sandbox: &Sandbox, spec: &CommandSpec) -> Result<Duration, String>
         .await
         .map_err(|e| e.to_string())?;
     if !out.success() {
-        return Err(format!("`{}` failed: {}", spec.command_line, out.output_tail));
+        return Err(format!(
+            "`{}` failed: {}",
+            spec.command_line, out.output_tail
+        ));
     }
     Ok(started.elapsed())
 }
@@ -52,7 +55,10 @@ async fn time(sandbox: &Sandbox, spec: &CommandSpec) -> Result<Duration, String>
 async fn main() -> Result<(), String> {
     let n: usize = std::env::args()
         .nth(1)
-        .map(|a| a.parse().map_err(|_| format!("N must be a number, not {a}")))
+        .map(|a| {
+            a.parse()
+                .map_err(|_| format!("N must be a number, not {a}"))
+        })
         .transpose()?
         .unwrap_or(50);
     let bwrap = Sandbox::start(SandboxConfig::default()).await;
@@ -63,14 +69,21 @@ async fn main() -> Result<(), String> {
         mode: Mode::None,
         ..SandboxConfig::default()
     });
-    let scratch = std::env::temp_dir().join(format!("atlasia-sandbox-bench-{}", std::process::id()));
-    let project: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/py-inventory");
+    let scratch =
+        std::env::temp_dir().join(format!("atlasia-sandbox-bench-{}", std::process::id()));
+    let project: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/py-inventory");
     copy_tree(&project, &scratch).map_err(|e| format!("copying {}: {e}", project.display()))?;
     let mut unittest = CommandSpec::new("python3 -m unittest -q", &scratch);
     unittest.env_set = vec![("PYTHONDONTWRITEBYTECODE".into(), "1".into())];
-    let cases = [("true", CommandSpec::new("true", &scratch)), ("python3 -m unittest", unittest)];
+    let cases = [
+        ("true", CommandSpec::new("true", &scratch)),
+        ("python3 -m unittest", unittest),
+    ];
 
-    println!("| command | runs | median without (ms) | median with bwrap (ms) | added (ms) | ratio |");
+    println!(
+        "| command | runs | median without (ms) | median with bwrap (ms) | added (ms) | ratio |"
+    );
     println!("|---|---|---|---|---|---|");
     let mut worst_added = 0.0_f64;
     for (name, spec) in &cases {
@@ -90,10 +103,18 @@ async fn main() -> Result<(), String> {
         }
         let (a, b) = (median(without), median(with));
         worst_added = worst_added.max(b - a);
-        println!("| `{name}` | {n} | {a:.1} | {b:.1} | {:.1} | {:.2}× |", b - a, b / a);
+        println!(
+            "| `{name}` | {n} | {a:.1} | {b:.1} | {:.1} | {:.2}× |",
+            b - a,
+            b / a
+        );
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let verdict = if worst_added <= 20.0 { "MET" } else { "NOT MET" };
+    let verdict = if worst_added <= 20.0 {
+        "MET"
+    } else {
+        "NOT MET"
+    };
     println!("\ntarget ≤ 20 ms added per command: {verdict} (worst: {worst_added:.1} ms)");
     Ok(())
 }

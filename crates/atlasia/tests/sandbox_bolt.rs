@@ -47,10 +47,7 @@ fn repo_with_verify(commands: &[String]) -> tempfile::TempDir {
 }
 
 fn toml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|c| format!("'''{c}'''"))
-        .collect();
+    let quoted: Vec<String> = items.iter().map(|c| format!("'''{c}'''")).collect();
     format!("[{}]", quoted.join(", "))
 }
 
@@ -67,8 +64,9 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
         r"tr '\0' '\n' < /proc/$PPID/environ; cat /proc/1/environ /proc/*/environ | tr '\0' '\n'; env; true".into(),
         // A trace on the host.
         format!("touch /tmp/{unique} && echo wrote-tmp"),
-        // The server itself.
-        "kill -9 $PPID; kill -9 1; kill -9 -1; echo still-here".into(),
+        // The server itself. (Never `kill -9 -1` here: should the sandbox ever regress, that
+        // would take down every process of the machine's user.)
+        "kill -9 $PPID; kill -9 1; echo still-here".into(),
     ]);
     let sim = Sim::start(&[]).await;
     let mut srv = server(db, &sim, &[]).await;
@@ -83,7 +81,9 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
     assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
 
     // The commands really ran (the controls), and nothing secret is in what a viewer reads.
-    let (s, all) = srv.get(&format!("/api/runs/{id}/artifacts"), ADMIN_TOKEN).await;
+    let (s, all) = srv
+        .get(&format!("/api/runs/{id}/artifacts"), ADMIN_TOKEN)
+        .await;
     assert_eq!(s, StatusCode::OK);
     let text = all.to_string();
     let report = &artifacts(&srv, id, "test_report").await[0]["payload"];
@@ -97,7 +97,10 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
     assert!(tails[1].contains("wrote-tmp"), "{report}");
     assert!(tails[2].contains("still-here"), "{report}");
     for secret in [ADMIN_TOKEN, WEBHOOK_SECRET, LLM_KEY] {
-        assert!(!text.contains(secret), "{secret} leaked into the artifacts: {report}");
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the artifacts: {report}"
+        );
     }
     // No trace on the host; the server is alive and serving.
     assert!(!std::path::Path::new("/tmp").join(&unique).exists());
@@ -118,11 +121,21 @@ async fn an_unusable_sandbox_escalates_the_tester(db: Db) {
     )
     .await;
     let (s, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
-    assert_eq!(s, StatusCode::OK, "an unusable sandbox is not a reason for 503: {ready}");
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "an unusable sandbox is not a reason for 503: {ready}"
+    );
     let check = &ready["checks"]["sandbox"];
     assert_eq!(check["detail"]["mode"], "unavailable", "{ready}");
     assert_eq!(check["detail"]["state"], "degraded", "{ready}");
-    assert!(check["reason"].as_str().unwrap().contains("/nonexistent/bwrap"), "{ready}");
+    assert!(
+        check["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/bwrap"),
+        "{ready}"
+    );
 
     let run = srv
         .create_run(json!({
@@ -150,7 +163,11 @@ async fn an_unusable_sandbox_escalates_the_tester(db: Db) {
         .collect();
     assert!(!runs.is_empty(), "no run_command event");
     assert!(runs.iter().all(|e| e["data"]["ok"] == false), "{runs:?}");
-    assert!(kinds(&evs, "tool_called").iter().all(|e| e["data"]["tool"] != "verify"));
+    assert!(
+        kinds(&evs, "tool_called")
+            .iter()
+            .all(|e| e["data"]["tool"] != "verify")
+    );
 }
 
 async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
@@ -162,8 +179,14 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
         let srv = server(db, &sim, &[("ATLASIA_SANDBOX__MODE", mode)]).await;
         let (s, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
         assert_eq!(s, StatusCode::OK, "{ready}");
-        assert_eq!(ready["checks"]["sandbox"]["detail"]["mode"], label, "{ready}");
-        assert_eq!(ready["checks"]["sandbox"]["detail"]["state"], state, "{ready}");
+        assert_eq!(
+            ready["checks"]["sandbox"]["detail"]["mode"], label,
+            "{ready}"
+        );
+        assert_eq!(
+            ready["checks"]["sandbox"]["detail"]["state"], state,
+            "{ready}"
+        );
         let metrics = srv
             .client
             .get(srv.url("/api/metrics/prometheus"))
@@ -174,7 +197,9 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
             .await
             .unwrap();
         assert!(
-            metrics.lines().any(|l| l == format!("sandbox_enabled {enabled}")),
+            metrics
+                .lines()
+                .any(|l| l == format!("sandbox_enabled {enabled}")),
             "{metrics}"
         );
         assert!(
@@ -223,7 +248,9 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(
-        report.lines().any(|l| l.starts_with("FAIL  sandbox") && l.contains("/nonexistent/bwrap")),
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL  sandbox") && l.contains("/nonexistent/bwrap")),
         "{report}"
     );
 }
