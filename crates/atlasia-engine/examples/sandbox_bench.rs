@@ -30,7 +30,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
     let mid = v.len() / 2;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     match (v.get(mid), mid.checked_sub(1).and_then(|i| v.get(i))) {
-        (Some(a), Some(b)) if v.len() % 2 == 0 => (ms(*a) + ms(*b)) / 2.0,
+        (Some(a), Some(b)) if v.len().is_multiple_of(2) => (ms(*a) + ms(*b)) / 2.0,
         (Some(a), _) => ms(*a),
         _ => f64::NAN,
     }
@@ -93,7 +93,7 @@ async fn main() -> Result<(), String> {
         let (mut without, mut with) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n {
             // Alternate which goes first, so neither side always runs on a warmer cache.
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 without.push(time(&none, spec).await?);
                 with.push(time(&bwrap, spec).await?);
             } else {
