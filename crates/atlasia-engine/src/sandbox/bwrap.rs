@@ -119,6 +119,9 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
             b.bind("--ro-bind", &common, &common);
         }
     }
+    // What bwrap created in its root (mount points, parents) must not be a writable scratch
+    // space: only the worktree, the cache, `/tmp` and `HOME` (mounts of their own) stay writable.
+    b.push(["--remount-ro", "/"]);
     b.push([
         "--unshare-pid",
         "--unshare-ipc",
