@@ -33,13 +33,18 @@ async fn server(db: Db, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
 
 /// The calc project with `verify` set to `commands` (then its unit tests), committed.
 fn repo_with_verify(commands: &[String]) -> tempfile::TempDir {
+    repo_with_config(commands, "")
+}
+
+/// [`repo_with_verify`] with `extra` appended to `.atlasia.toml`.
+fn repo_with_config(commands: &[String], extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     write_calc_project(p);
     let mut all: Vec<String> = commands.to_vec();
     all.push("python3 -m unittest -q".into());
     let list = toml_list(&all);
-    std::fs::write(p.join(".atlasia.toml"), format!("verify = {list}\n")).unwrap();
+    std::fs::write(p.join(".atlasia.toml"), format!("verify = {list}\n{extra}")).unwrap();
     git(p, &["init", "-q", "-b", "main"]);
     git(p, &["add", "-A"]);
     git(p, &["commit", "-q", "-m", "initial"]);
@@ -55,6 +60,38 @@ on_both! {
     hostile_verify_commands_leak_nothing_and_harm_nothing => hostile_verify_commands_leak_nothing_and_harm_nothing;
     an_unusable_sandbox_escalates_the_tester => an_unusable_sandbox_escalates_the_tester;
     mode_none_is_visible_in_ready_metrics_and_doctor => mode_none_is_visible_in_ready_metrics_and_doctor;
+    the_repository_can_opt_in_to_the_network => the_repository_can_opt_in_to_the_network;
+}
+
+/// `[sandbox] network = true` in the committed `.atlasia.toml` gives the verify commands the
+/// host's network (here: a listener of the test's on loopback); without it they have none.
+async fn the_repository_can_opt_in_to_the_network(db: Db) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = format!(
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3); print('connected')\""
+    );
+    let sim = Sim::start(&[]).await;
+    let srv = server(db, &sim, &[]).await;
+    for (extra, want) in [("[sandbox]\nnetwork = true\n", true), ("", false)] {
+        let repo = repo_with_config(std::slice::from_ref(&connect), extra);
+        let run = srv
+            .create_run(json!({
+                "repo": repo.path().display().to_string(), "title": "add() subtracts",
+                "body": body(json!({"developer": [edit_to(FIXED_NEW)]})),
+            }))
+            .await;
+        let id = run["id"].as_str().unwrap();
+        wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+        let report = &artifacts(&srv, id, "test_report").await[0]["payload"];
+        let first = &report["commands"][0];
+        assert_eq!(first["exit_code"] == json!(0), want, "{report}");
+        assert_eq!(
+            first["output_tail"].as_str().unwrap().contains("connected"),
+            want,
+            "{report}"
+        );
+    }
 }
 
 async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
