@@ -2,7 +2,8 @@
 //! run of `examples/py-inventory`, with and without bubblewrap, `N` runs each, interleaved so
 //! machine noise hits both sides alike; prints medians, the difference and the ratio.
 //!
-//! Usage: `sandbox_bench [N]` (default 50). Exits 1 when the sandbox does not work here.
+//! Usage: `sandbox_bench [N]` (default 50); `BENCH_PYTHON` names the interpreter (default
+//! `/usr/bin/python3`). Exits 1 when the sandbox does not work here.
 
 use atlasia_engine::sandbox::{CommandSpec, Mode, Sandbox, SandboxConfig, Status};
 use std::path::{Path, PathBuf};
@@ -74,7 +75,10 @@ async fn main() -> Result<(), String> {
     let project: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/py-inventory");
     copy_tree(&project, &scratch).map_err(|e| format!("copying {}: {e}", project.display()))?;
-    let mut unittest = CommandSpec::new("python3 -m unittest -q", &scratch);
+    // The same interpreter on both sides: the host's PATH may put a slower shim (pyenv) first,
+    // which the sandbox does not show.
+    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".to_owned());
+    let mut unittest = CommandSpec::new(format!("{python} -m unittest -q"), &scratch);
     unittest.env_set = vec![("PYTHONDONTWRITEBYTECODE".into(), "1".into())];
     let cases = [
         ("true", CommandSpec::new("true", &scratch)),
