@@ -291,3 +291,35 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
         "{report}"
     );
 }
+
+/// Bad `[sandbox]` settings stop the process with exit code 2 and one line naming the key.
+#[test]
+fn bad_sandbox_settings_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, key) in [
+        ("ATLASIA_SANDBOX__MODE", "docker", "sandbox.mode"),
+        ("ATLASIA_SANDBOX__UID", "0", "sandbox.uid"),
+        (
+            "ATLASIA_SANDBOX__MAX_PROCESSES",
+            "0",
+            "sandbox.max_processes",
+        ),
+        ("ATLASIA_SANDBOX__MEMORY_MB", "lots", "sandbox.memory_mb"),
+    ] {
+        let out = cli(dir.path(), &["config", "show"], &[(var, value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid setting {key}")),
+            "{var}={value}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    // The defaults show in `config show`.
+    let out = cli(dir.path(), &["config", "show"], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("[sandbox]") && shown.contains("mode = \"bwrap\""),
+        "{shown}"
+    );
+}
