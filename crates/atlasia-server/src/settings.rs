@@ -99,7 +99,11 @@ impl Settings {
         hide.extend(self.github.private_key_path.clone());
         let hide = hide
             .into_iter()
-            .map(|p| p.canonicalize().or_else(|_| std::path::absolute(&p)).unwrap_or(p))
+            .map(|p| {
+                p.canonicalize()
+                    .or_else(|_| std::path::absolute(&p))
+                    .unwrap_or(p)
+            })
             .collect();
         SandboxConfig {
             mode: match s.mode {
@@ -139,7 +143,10 @@ impl Settings {
             ));
         }
         if s.bwrap_path.as_os_str().is_empty() {
-            return Err(SettingsError::new("sandbox.bwrap_path", "must not be empty"));
+            return Err(SettingsError::new(
+                "sandbox.bwrap_path",
+                "must not be empty",
+            ));
         }
         Ok(())
     }

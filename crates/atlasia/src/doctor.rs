@@ -77,13 +77,21 @@ async fn sandbox(settings: &Settings) -> Finding {
     }
     let dir = std::env::temp_dir().join(format!("atlasia-doctor-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return finding(Level::Fail, "sandbox", format!("creating {}: {e}", dir.display()));
+        return finding(
+            Level::Fail,
+            "sandbox",
+            format!("creating {}: {e}", dir.display()),
+        );
     }
     // PID 1 is the sandbox's own init and no network interface but loopback exists.
     let probe = r#"echo "pid=$$ uid=$(id -u) net=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')""#;
     let started = Instant::now();
     let res = sandbox
-        .run(&CommandSpec::new(probe, &dir), Duration::from_secs(20), 4096)
+        .run(
+            &CommandSpec::new(probe, &dir),
+            Duration::from_secs(20),
+            4096,
+        )
         .await;
     let _ = std::fs::remove_dir_all(&dir);
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -93,8 +101,14 @@ async fn sandbox(settings: &Settings) -> Finding {
             "sandbox",
             format!(
                 "bubblewrap at {}: a command ran isolated in {ms:.0} ms ({})",
-                settings.sandbox.bwrap_path.display(),
-                o.output_tail.split_whitespace().collect::<Vec<_>>().join(" ")
+                sandbox
+                    .bwrap_binary()
+                    .unwrap_or(&settings.sandbox.bwrap_path)
+                    .display(),
+                o.output_tail
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
         ),
         Ok(o) => finding(

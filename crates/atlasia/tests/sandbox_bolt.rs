@@ -33,13 +33,18 @@ async fn server(db: Db, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
 
 /// The calc project with `verify` set to `commands` (then its unit tests), committed.
 fn repo_with_verify(commands: &[String]) -> tempfile::TempDir {
+    repo_with_config(commands, "")
+}
+
+/// [`repo_with_verify`] with `extra` appended to `.atlasia.toml`.
+fn repo_with_config(commands: &[String], extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     write_calc_project(p);
     let mut all: Vec<String> = commands.to_vec();
     all.push("python3 -m unittest -q".into());
     let list = toml_list(&all);
-    std::fs::write(p.join(".atlasia.toml"), format!("verify = {list}\n")).unwrap();
+    std::fs::write(p.join(".atlasia.toml"), format!("verify = {list}\n{extra}")).unwrap();
     git(p, &["init", "-q", "-b", "main"]);
     git(p, &["add", "-A"]);
     git(p, &["commit", "-q", "-m", "initial"]);
@@ -47,10 +52,7 @@ fn repo_with_verify(commands: &[String]) -> tempfile::TempDir {
 }
 
 fn toml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|c| format!("'''{c}'''"))
-        .collect();
+    let quoted: Vec<String> = items.iter().map(|c| format!("'''{c}'''")).collect();
     format!("[{}]", quoted.join(", "))
 }
 
@@ -58,6 +60,38 @@ on_both! {
     hostile_verify_commands_leak_nothing_and_harm_nothing => hostile_verify_commands_leak_nothing_and_harm_nothing;
     an_unusable_sandbox_escalates_the_tester => an_unusable_sandbox_escalates_the_tester;
     mode_none_is_visible_in_ready_metrics_and_doctor => mode_none_is_visible_in_ready_metrics_and_doctor;
+    the_repository_can_opt_in_to_the_network => the_repository_can_opt_in_to_the_network;
+}
+
+/// `[sandbox] network = true` in the committed `.atlasia.toml` gives the verify commands the
+/// host's network (here: a listener of the test's on loopback); without it they have none.
+async fn the_repository_can_opt_in_to_the_network(db: Db) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = format!(
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3); print('connected')\""
+    );
+    let sim = Sim::start(&[]).await;
+    let srv = server(db, &sim, &[]).await;
+    for (extra, want) in [("[sandbox]\nnetwork = true\n", true), ("", false)] {
+        let repo = repo_with_config(std::slice::from_ref(&connect), extra);
+        let run = srv
+            .create_run(json!({
+                "repo": repo.path().display().to_string(), "title": "add() subtracts",
+                "body": body(json!({"developer": [edit_to(FIXED_NEW)]})),
+            }))
+            .await;
+        let id = run["id"].as_str().unwrap();
+        wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+        let report = &artifacts(&srv, id, "test_report").await[0]["payload"];
+        let first = &report["commands"][0];
+        assert_eq!(first["exit_code"] == json!(0), want, "{report}");
+        assert_eq!(
+            first["output_tail"].as_str().unwrap().contains("connected"),
+            want,
+            "{report}"
+        );
+    }
 }
 
 async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
@@ -67,8 +101,9 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
         r"tr '\0' '\n' < /proc/$PPID/environ; cat /proc/1/environ /proc/*/environ | tr '\0' '\n'; env; true".into(),
         // A trace on the host.
         format!("touch /tmp/{unique} && echo wrote-tmp"),
-        // The server itself.
-        "kill -9 $PPID; kill -9 1; kill -9 -1; echo still-here".into(),
+        // The server itself. (Never `kill -9 -1` here: should the sandbox ever regress, that
+        // would take down every process of the machine's user.)
+        "kill -9 $PPID; kill -9 1; echo still-here".into(),
     ]);
     let sim = Sim::start(&[]).await;
     let mut srv = server(db, &sim, &[]).await;
@@ -83,7 +118,9 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
     assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
 
     // The commands really ran (the controls), and nothing secret is in what a viewer reads.
-    let (s, all) = srv.get(&format!("/api/runs/{id}/artifacts"), ADMIN_TOKEN).await;
+    let (s, all) = srv
+        .get(&format!("/api/runs/{id}/artifacts"), ADMIN_TOKEN)
+        .await;
     assert_eq!(s, StatusCode::OK);
     let text = all.to_string();
     let report = &artifacts(&srv, id, "test_report").await[0]["payload"];
@@ -97,7 +134,10 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
     assert!(tails[1].contains("wrote-tmp"), "{report}");
     assert!(tails[2].contains("still-here"), "{report}");
     for secret in [ADMIN_TOKEN, WEBHOOK_SECRET, LLM_KEY] {
-        assert!(!text.contains(secret), "{secret} leaked into the artifacts: {report}");
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the artifacts: {report}"
+        );
     }
     // No trace on the host; the server is alive and serving.
     assert!(!std::path::Path::new("/tmp").join(&unique).exists());
@@ -118,11 +158,21 @@ async fn an_unusable_sandbox_escalates_the_tester(db: Db) {
     )
     .await;
     let (s, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
-    assert_eq!(s, StatusCode::OK, "an unusable sandbox is not a reason for 503: {ready}");
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "an unusable sandbox is not a reason for 503: {ready}"
+    );
     let check = &ready["checks"]["sandbox"];
     assert_eq!(check["detail"]["mode"], "unavailable", "{ready}");
     assert_eq!(check["detail"]["state"], "degraded", "{ready}");
-    assert!(check["reason"].as_str().unwrap().contains("/nonexistent/bwrap"), "{ready}");
+    assert!(
+        check["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/bwrap"),
+        "{ready}"
+    );
 
     let run = srv
         .create_run(json!({
@@ -150,7 +200,11 @@ async fn an_unusable_sandbox_escalates_the_tester(db: Db) {
         .collect();
     assert!(!runs.is_empty(), "no run_command event");
     assert!(runs.iter().all(|e| e["data"]["ok"] == false), "{runs:?}");
-    assert!(kinds(&evs, "tool_called").iter().all(|e| e["data"]["tool"] != "verify"));
+    assert!(
+        kinds(&evs, "tool_called")
+            .iter()
+            .all(|e| e["data"]["tool"] != "verify")
+    );
 }
 
 async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
@@ -162,8 +216,14 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
         let srv = server(db, &sim, &[("ATLASIA_SANDBOX__MODE", mode)]).await;
         let (s, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
         assert_eq!(s, StatusCode::OK, "{ready}");
-        assert_eq!(ready["checks"]["sandbox"]["detail"]["mode"], label, "{ready}");
-        assert_eq!(ready["checks"]["sandbox"]["detail"]["state"], state, "{ready}");
+        assert_eq!(
+            ready["checks"]["sandbox"]["detail"]["mode"], label,
+            "{ready}"
+        );
+        assert_eq!(
+            ready["checks"]["sandbox"]["detail"]["state"], state,
+            "{ready}"
+        );
         let metrics = srv
             .client
             .get(srv.url("/api/metrics/prometheus"))
@@ -174,7 +234,9 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
             .await
             .unwrap();
         assert!(
-            metrics.lines().any(|l| l == format!("sandbox_enabled {enabled}")),
+            metrics
+                .lines()
+                .any(|l| l == format!("sandbox_enabled {enabled}")),
             "{metrics}"
         );
         assert!(
@@ -223,7 +285,41 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(
-        report.lines().any(|l| l.starts_with("FAIL  sandbox") && l.contains("/nonexistent/bwrap")),
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL  sandbox") && l.contains("/nonexistent/bwrap")),
         "{report}"
+    );
+}
+
+/// Bad `[sandbox]` settings stop the process with exit code 2 and one line naming the key.
+#[test]
+fn bad_sandbox_settings_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, key) in [
+        ("ATLASIA_SANDBOX__MODE", "docker", "sandbox.mode"),
+        ("ATLASIA_SANDBOX__UID", "0", "sandbox.uid"),
+        (
+            "ATLASIA_SANDBOX__MAX_PROCESSES",
+            "0",
+            "sandbox.max_processes",
+        ),
+        ("ATLASIA_SANDBOX__MEMORY_MB", "lots", "sandbox.memory_mb"),
+    ] {
+        let out = cli(dir.path(), &["config", "show"], &[(var, value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid setting {key}")),
+            "{var}={value}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    // The defaults show in `config show`.
+    let out = cli(dir.path(), &["config", "show"], &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("[sandbox]") && shown.contains("mode = \"bwrap\""),
+        "{shown}"
     );
 }

@@ -72,7 +72,14 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
     b.push(["--perms", "1777", "--size", &tmp_size, "--tmpfs", "/tmp"]);
     b.mounted(Path::new("/tmp"), Origin::Fresh);
     b.parents(Path::new(SANDBOX_HOME));
-    b.push(["--perms", "0777", "--size", &tmp_size, "--tmpfs", SANDBOX_HOME]);
+    b.push([
+        "--perms",
+        "0777",
+        "--size",
+        &tmp_size,
+        "--tmpfs",
+        SANDBOX_HOME,
+    ]);
     b.mounted(Path::new(SANDBOX_HOME), Origin::Fresh);
     for home in req.toolchains {
         b.bind("--ro-bind", home, home);
@@ -89,7 +96,12 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
             continue;
         }
         if hidden.is_dir() {
-            b.push(["--perms".into(), "0700".into(), "--tmpfs".into(), hidden.as_os_str().to_owned()]);
+            b.push([
+                "--perms".into(),
+                "0700".into(),
+                "--tmpfs".into(),
+                hidden.as_os_str().to_owned(),
+            ]);
             b.mounted(hidden, Origin::Fresh);
         } else if hidden.exists() {
             b.bind("--ro-bind", Path::new("/dev/null"), hidden);
@@ -107,6 +119,9 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
             b.bind("--ro-bind", &common, &common);
         }
     }
+    // What bwrap created in its root (mount points, parents) must not be a writable scratch
+    // space: only the worktree, the cache, `/tmp` and `HOME` (mounts of their own) stay writable.
+    b.push(["--remount-ro", "/"]);
     b.push([
         "--unshare-pid",
         "--unshare-ipc",
@@ -120,7 +135,11 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
     if !req.network {
         b.push(["--unshare-net"]);
     }
-    b.push(["--chdir".into(), req.cwd.as_os_str().to_owned(), "--".into()]);
+    b.push([
+        "--chdir".into(),
+        req.cwd.as_os_str().to_owned(),
+        "--".into(),
+    ]);
     if let Some(setpriv) = &tools.setpriv {
         let (uid, gid) = config.run_as;
         b.push([
@@ -135,7 +154,12 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
     }
     b.push([tools.prlimit.as_os_str().to_owned()]);
     b.push(rlimits(&config.limits));
-    b.push(["--".into(), "/bin/sh".into(), "-c".into(), OsString::from(req.command_line)]);
+    b.push([
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        OsString::from(req.command_line),
+    ]);
     b.args
 }
 
@@ -215,7 +239,12 @@ impl Builder {
                 Some((_, Origin::Host)) => continue,
                 _ => {}
             }
-            self.push(["--perms".into(), "0755".into(), "--dir".into(), dir.as_os_str().to_owned()]);
+            self.push([
+                "--perms".into(),
+                "0755".into(),
+                "--dir".into(),
+                dir.as_os_str().to_owned(),
+            ]);
             self.mounted(&dir, Origin::Fresh);
         }
     }
@@ -262,12 +291,21 @@ mod tests {
             network: false,
         };
         let a = text(&args(&tools, &config, &req));
-        assert!(a.contains("--perms 0755 --dir /srv --perms 0755 --dir /srv/data"), "{a}");
-        assert!(a.contains("--bind /srv/data/worktrees/r1 /srv/data/worktrees/r1"), "{a}");
+        assert!(
+            a.contains("--perms 0755 --dir /srv --perms 0755 --dir /srv/data"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--bind /srv/data/worktrees/r1 /srv/data/worktrees/r1"),
+            "{a}"
+        );
         assert!(a.contains("--unshare-net"), "{a}");
         assert!(a.contains("--reuid=65534"), "{a}");
         assert!(a.ends_with("-- /bin/sh -c true"), "{a}");
-        let req = Request { network: true, ..req };
+        let req = Request {
+            network: true,
+            ..req
+        };
         assert!(!text(&args(&tools, &config, &req)).contains("--unshare-net"));
     }
 }

@@ -103,9 +103,7 @@ pub enum SandboxError {
     #[error("working directory {0} is not a directory")]
     Cwd(PathBuf),
     /// The sandbox does not work here and the operator did not opt out.
-    #[error(
-        "sandbox unavailable: {0}; install bubblewrap or set sandbox.mode = \"none\""
-    )]
+    #[error("sandbox unavailable: {0}; install bubblewrap or set sandbox.mode = \"none\"")]
     Unavailable(String),
     /// Creating the output pipe, the scratch HOME or handing the tree to the sandbox uid failed.
     #[error("sandbox setup failed: {0}")]
@@ -206,17 +204,20 @@ impl Sandbox {
         let sandbox = match sandbox.status() {
             Status::Enabled => match sandbox.probe().await {
                 Ok(()) => sandbox,
-                Err(why) => Self::with(
-                    sandbox.inner.config.clone(),
-                    Status::Unavailable(why),
-                    None,
-                ),
+                Err(why) => {
+                    Self::with(sandbox.inner.config.clone(), Status::Unavailable(why), None)
+                }
             },
             _ => sandbox,
         };
         match sandbox.status() {
             Status::Enabled => tracing::info!(
-                uid = sandbox.inner.tools.as_ref().and_then(|t| t.setpriv.as_ref()).map(|_| sandbox.inner.config.run_as.0),
+                uid = sandbox
+                    .inner
+                    .tools
+                    .as_ref()
+                    .and_then(|t| t.setpriv.as_ref())
+                    .map(|_| sandbox.inner.config.run_as.0),
                 "command sandbox: bubblewrap works"
             ),
             Status::Disabled => tracing::warn!(
@@ -236,6 +237,11 @@ impl Sandbox {
     /// The settings it was built from.
     pub fn config(&self) -> &SandboxConfig {
         &self.inner.config
+    }
+
+    /// The bubblewrap binary in use, when the sandbox is enabled.
+    pub fn bwrap_binary(&self) -> Option<&Path> {
+        self.inner.tools.as_ref().map(|t| t.bwrap.as_path())
     }
 
     /// Whether commands can run.
@@ -274,10 +280,14 @@ impl Sandbox {
             .map_or_else(String::new, |t| t.bwrap.display().to_string());
         match outcome {
             Ok(o) if o.success() => Ok(()),
-            Ok(o) if o.timed_out => Err(format!("{bwrap} did not finish `true` in {} s", PROBE_TIMEOUT.as_secs())),
+            Ok(o) if o.timed_out => Err(format!(
+                "{bwrap} did not finish `true` in {} s",
+                PROBE_TIMEOUT.as_secs()
+            )),
             Ok(o) => Err(format!(
                 "{bwrap} cannot run `true` (exit {}): {}",
-                o.exit_code.map_or_else(|| "by signal".to_owned(), |c| c.to_string()),
+                o.exit_code
+                    .map_or_else(|| "by signal".to_owned(), |c| c.to_string()),
                 one_line(&o.output_tail)
             )),
             Err(e) => Err(format!("{bwrap}: {e}")),
@@ -412,7 +422,12 @@ fn resolve_tools(config: &SandboxConfig) -> Result<bwrap::Tools, String> {
             .chain(HELPER_DIRS.iter().map(PathBuf::from))
             .map(|d| d.join(&config.bwrap_path))
             .find(|p| p.is_file())
-            .ok_or_else(|| format!("`{}` is not installed (not found in PATH)", config.bwrap_path.display()))?
+            .ok_or_else(|| {
+                format!(
+                    "`{}` is not installed (not found in PATH)",
+                    config.bwrap_path.display()
+                )
+            })?
     };
     let helper = |name: &str| {
         HELPER_DIRS

@@ -124,9 +124,9 @@ fn check_sandbox(st: &AppState) -> Check {
     let status = st.sandbox.status();
     let reason = match status {
         Status::Enabled => None,
-        Status::Disabled => Some(
-            "sandbox.mode = \"none\": commands of bolts run without isolation".to_owned(),
-        ),
+        Status::Disabled => {
+            Some("sandbox.mode = \"none\": commands of bolts run without isolation".to_owned())
+        }
         Status::Unavailable(why) => Some(format!(
             "sandbox unavailable: {why}; bolts refuse to run commands"
         )),
