@@ -167,6 +167,12 @@ async fn secrets_never_reach_what_a_viewer_reads(db: Db) {
         .unwrap();
     assert!(copied.stdout.is_empty(), "copy.txt was committed");
 
+    // Nor an error answer that echoes the request (the one HTTP error mapping redacts).
+    let (s, v) = srv.get(&format!("/api/{SECRET}"), ADMIN_TOKEN).await;
+    assert_eq!(s, reqwest::StatusCode::NOT_FOUND, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/api/[redacted]"), "{message}");
+
     // Nor the database's own rows, read behind the API's back.
     let rows = srv.db.sql_cli(&format!(
         "SELECT COUNT(*) FROM run_events WHERE CAST(data AS TEXT) LIKE '%{SECRET}%'"
