@@ -60,6 +60,7 @@ on_both! {
     secrets_never_reach_what_a_viewer_reads => secrets_never_reach_what_a_viewer_reads;
     a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on => a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on;
     a_run_whose_worker_keeps_dying_fails_after_max_attempts => a_run_whose_worker_keeps_dying_fails_after_max_attempts;
+    a_value_the_database_refuses_is_not_retryable => a_value_the_database_refuses_is_not_retryable;
 }
 
 async fn secrets_never_reach_what_a_viewer_reads(db: Db) {
@@ -344,4 +345,43 @@ async fn a_run_whose_worker_keeps_dying_fails_after_max_attempts(db: Db) {
         "SELECT status FROM run_steps WHERE run_id = '{id}' ORDER BY seq DESC LIMIT 1"
     ));
     assert_eq!(step.trim(), "FAILED");
+}
+
+/// The worker fails a run (instead of abandoning it to be reclaimed) when a write is refused
+/// for its value; this checks, on a real database of each kind, that such a refusal is told
+/// apart from a passing failure. A loop counter beyond INTEGER: PostgreSQL refuses it (SQLSTATE
+/// 22003), SQLite stores it and cannot read it back as one.
+async fn a_value_the_database_refuses_is_not_retryable(db: Db) {
+    use atlasia_core::{Autonomy, NewRun};
+    let tdb = TestDb::new(db).await;
+    let store = tdb.store(4).await;
+    store
+        .create_run(&NewRun {
+            repo: "acme/widgets".into(),
+            issue_number: Some(7),
+            title: "t".into(),
+            body: "b".into(),
+            priority: 5,
+            autonomy: Autonomy::Autonomous,
+            budget_usd: None,
+        })
+        .await
+        .unwrap();
+    let run = store
+        .claim("w1", std::time::Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap()
+        .run;
+    store.start_step(run.id, "w1", "PM").await.unwrap().unwrap();
+    let payload = json!({"v": 1});
+    let end = atlasia_store::StepEnd {
+        loops: Some((i64::MAX, 0)),
+        ..atlasia_store::StepEnd::done("PM", ("ticket_plan", &payload), Some("QUALIFIER"))
+    };
+    let e = store.end_step(run.id, "w1", &end).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e:?}");
+    // A passing failure stays retryable.
+    let busy = atlasia_store::StoreError::PoolTimeout(std::time::Duration::from_secs(1));
+    assert!(busy.is_retryable());
 }
