@@ -93,6 +93,7 @@ impl StepCtx<'_> {
         req: ChatRequest,
     ) -> Result<ChatResponse, CallError> {
         let meta = self.meta(contract);
+        let req = self.without_secrets(req);
         if let Some(resp) = self.replay(&meta, &req).await {
             self.emit(
                 EventKind::LlmCallCompleted,
@@ -165,6 +166,22 @@ impl StepCtx<'_> {
                 })
             }
         }
+    }
+
+    /// The request with the server's own secrets redacted from every message: a file the
+    /// Developer read, a command's output or a prompt built from the repository may hold one,
+    /// and it must not leave for the provider (nor come back in an answer that is published).
+    fn without_secrets(&self, mut req: ChatRequest) -> ChatRequest {
+        let redactor = self.store.redactor();
+        if redactor.is_empty() {
+            return req;
+        }
+        for content in req.messages.iter_mut().filter_map(|m| m.content.as_mut()) {
+            if redactor.contains_secret(content) {
+                *content = redactor.clean(content).into_owned();
+            }
+        }
+        req
     }
 
     async fn replay(&self, meta: &CallMeta, req: &ChatRequest) -> Option<ChatResponse> {

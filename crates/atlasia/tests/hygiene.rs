@@ -173,6 +173,21 @@ async fn secrets_never_reach_what_a_viewer_reads(db: Db) {
     assert_eq!(s, reqwest::StatusCode::NOT_FOUND, "{v}");
     let message = v["error"]["message"].as_str().unwrap();
     assert!(message.contains("/api/[redacted]"), "{message}");
+    // The proxy's OpenAI-shaped errors likewise (an unknown model is named in the message).
+    let (s, v, _) = srv
+        .call(
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            Some(ADMIN_TOKEN),
+            Some(&json!({"model": SECRET, "messages": [{"role": "user", "content": "hi"}]})),
+        )
+        .await;
+    assert!(s.is_client_error(), "{s} {v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("[redacted]") && !message.contains(SECRET),
+        "{message}"
+    );
 
     // Nor the database's own rows, read behind the API's back.
     let rows = srv.db.sql_cli(&format!(
