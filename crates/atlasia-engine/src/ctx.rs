@@ -176,9 +176,15 @@ impl StepCtx<'_> {
         if redactor.is_empty() {
             return req;
         }
-        for content in req.messages.iter_mut().filter_map(|m| m.content.as_mut()) {
-            if redactor.contains_secret(content) {
-                *content = redactor.clean(content).into_owned();
+        // Message texts, and the arguments of earlier tool calls sent back as history.
+        let texts = req.messages.iter_mut().flat_map(|m| {
+            m.content
+                .iter_mut()
+                .chain(m.tool_calls.iter_mut().map(|c| &mut c.arguments))
+        });
+        for text in texts {
+            if redactor.contains_secret(text) {
+                *text = redactor.clean(text).into_owned();
             }
         }
         req
