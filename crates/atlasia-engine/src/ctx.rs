@@ -93,6 +93,7 @@ impl StepCtx<'_> {
         req: ChatRequest,
     ) -> Result<ChatResponse, CallError> {
         let meta = self.meta(contract);
+        let req = self.without_secrets(req);
         if let Some(resp) = self.replay(&meta, &req).await {
             self.emit(
                 EventKind::LlmCallCompleted,
@@ -165,6 +166,28 @@ impl StepCtx<'_> {
                 })
             }
         }
+    }
+
+    /// The request with the server's own secrets redacted from every message: a file the
+    /// Developer read, a command's output or a prompt built from the repository may hold one,
+    /// and it must not leave for the provider (nor come back in an answer that is published).
+    fn without_secrets(&self, mut req: ChatRequest) -> ChatRequest {
+        let redactor = self.store.redactor();
+        if redactor.is_empty() {
+            return req;
+        }
+        // Message texts, and the arguments of earlier tool calls sent back as history.
+        let texts = req.messages.iter_mut().flat_map(|m| {
+            m.content
+                .iter_mut()
+                .chain(m.tool_calls.iter_mut().map(|c| &mut c.arguments))
+        });
+        for text in texts {
+            if redactor.contains_secret(text) {
+                *text = redactor.clean(text).into_owned();
+            }
+        }
+        req
     }
 
     async fn replay(&self, meta: &CallMeta, req: &ChatRequest) -> Option<ChatResponse> {

@@ -243,3 +243,32 @@ fn read_paths_table() {
         assert_eq!(kind(&result), *expected, "{rel}: {result:?}");
     }
 }
+
+#[test]
+fn a_write_holding_a_secret_of_this_server_is_refused() {
+    let (_tmp, root) = tree();
+    let secret = "whsec-0123456789";
+    let secrets = atlasia_core::Redactor::new([("GITHUB_WEBHOOK_SECRET", secret)]).unwrap();
+    let policy = PathPolicy::default().with_known_secrets(secrets);
+    let reversed: String = secret.chars().rev().collect();
+    for content in [format!("x = '{secret}'"), reversed] {
+        let r = policy.check_write(&root, "src/dump.txt", content.as_bytes());
+        assert!(
+            matches!(
+                r,
+                Err(PolicyError::Secret {
+                    kind: SecretKind::ServerSecret,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        kind(&policy.check_write(&root, "src/dump.txt", b"ordinary text")),
+        "ok"
+    );
+    // Without known secrets the same content is an ordinary write.
+    let plain = PathPolicy::default().check_write(&root, "src/dump.txt", secret.as_bytes());
+    assert_eq!(kind(&plain), "ok");
+}

@@ -110,6 +110,15 @@ pub fn install_redactor(redactor: Redactor) {
     let _ = REDACTOR.set(redactor);
 }
 
+/// `message` as an error answer may carry it: known secrets redacted. Also used by the
+/// OpenAI-shaped errors of the proxy, the one other error shape the server answers with.
+pub fn redacted(message: String) -> String {
+    match REDACTOR.get() {
+        Some(r) => r.clean(&message).into_owned(),
+        None => message,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -121,11 +130,7 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let message = self.to_string();
-        let message = match REDACTOR.get() {
-            Some(r) => r.clean(&message).into_owned(),
-            None => message,
-        };
+        let message = redacted(self.to_string());
         let mut body = json!({"error": {"code": self.code(), "message": message}});
         match &self {
             Self::InvalidTransition { current, .. } => {

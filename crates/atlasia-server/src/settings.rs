@@ -921,6 +921,40 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
+    fn every_secret_is_collected_and_short_ones_are_refused_by_name() {
+        let env = |k: &str| match k {
+            "LLM_ENDPOINT" => Some("https://api.openai.com/v1".to_owned()),
+            "LLM_API_KEY" => Some("sk-primary-key".to_owned()),
+            "LLM_MODEL" => Some("gpt-4o".to_owned()),
+            "GITHUB_TOKEN" => Some("ghp_secret_token_value".to_owned()),
+            "GITHUB_WEBHOOK_SECRET" => Some("whsec-12345678".to_owned()),
+            _ => None,
+        };
+        let mut s = Settings::default();
+        s.apply_legacy_llm_env(env).unwrap();
+        s.apply_github_env(env).unwrap();
+        s.database.url = Some("postgres://u:db-password-1@h/db".into());
+        assert_eq!(s.validate(), Ok(()));
+        let r = s.redactor().unwrap();
+        let text = "sk-primary-key ghp_secret_token_value whsec-12345678 db-password-1";
+        assert_eq!(r.clean(text), "[redacted] [redacted] [redacted] [redacted]");
+
+        s.database.url = Some("postgres://u:pw@h/db".into());
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "database.url (DB_URL) password");
+        assert!(!e.to_string().contains("pw@"), "{e}");
+        let mut s = Settings::default();
+        let short = s.apply_legacy_llm_env(|k| match k {
+            "LLM_ENDPOINT" => Some("http://x".to_owned()),
+            "LLM_MODEL" => Some("m".to_owned()),
+            "LLM_API_KEY" => Some("x".to_owned()),
+            _ => None,
+        });
+        assert_eq!(short.map_err(|e| e.key), Err("LLM_API_KEY".to_owned()));
+    }
+
+    #[test]
     fn urls_are_redacted() {
         assert_eq!(
             redact_url("postgres://u:pw@h:5432/db"),

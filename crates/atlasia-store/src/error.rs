@@ -67,21 +67,22 @@ fn is_one_active(db: &dyn sqlx::error::DatabaseError) -> bool {
 pub(crate) const ONE_ACTIVE_INDEX: &str = "workflow_runs_one_active";
 
 impl StoreError {
-    /// Whether trying the same write again may succeed: a busy pool or a lost connection may
-    /// pass; a value the database refuses (a constraint, an encoding it cannot store) will
-    /// be refused again, so the caller must not loop on it.
+    /// Whether trying the same write again may succeed. A busy pool, a lost connection, a lock
+    /// or serialization conflict may pass; a value the database refuses (a data exception such
+    /// as NUL on PostgreSQL, a constraint, a value too large) will be refused again, so the
+    /// caller must not loop on it. Unknown database errors count as retryable: the poison-run
+    /// bound (`engine.max_attempts`) still ends a run that keeps failing that way.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::PoolTimeout(_) => true,
-            Self::Db(e) => matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            ),
+            Self::Db(sqlx::Error::Database(db)) => !refused_value(db.as_ref()),
+            Self::Db(
+                sqlx::Error::Encode(_)
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::TypeNotFound { .. },
+            ) => false,
+            Self::Db(_) => true,
             Self::NotFound(_)
             | Self::Transition(_)
             | Self::Conflict(_)
@@ -92,4 +93,20 @@ impl StoreError {
             | Self::Migrate(_) => false,
         }
     }
+}
+
+/// A database error about the value written, not the moment: PostgreSQL SQLSTATE classes 22
+/// (data exception), 23 (integrity constraint) and 54 (program limit exceeded); SQLite's
+/// TOOBIG (18), CONSTRAINT (19) and MISMATCH (20), extended codes included.
+fn refused_value(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    // PostgreSQL's SQLSTATE has five characters; SQLite's codes are shorter numbers.
+    if code.len() == 5 {
+        return matches!(code.get(..2), Some("22" | "23" | "54"));
+    }
+    // SQLite: the primary result code is the low byte of the extended one.
+    code.parse::<u32>()
+        .is_ok_and(|n| matches!(n & 0xff, 18..=20))
 }

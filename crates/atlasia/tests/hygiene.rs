@@ -60,16 +60,110 @@ on_both! {
     secrets_never_reach_what_a_viewer_reads => secrets_never_reach_what_a_viewer_reads;
     a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on => a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on;
     a_run_whose_worker_keeps_dying_fails_after_max_attempts => a_run_whose_worker_keeps_dying_fails_after_max_attempts;
+    a_value_the_database_refuses_is_not_retryable => a_value_the_database_refuses_is_not_retryable;
+}
+
+/// A recording relay between the server and the simulator, over real HTTP: every request
+/// body the server sends to its "provider" is kept (the server is pointed at it exactly as it
+/// would be at the simulator), so a test can say what left the machine.
+struct Relay {
+    base: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    async fn start(upstream: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // reqwest needs a crypto provider before its first client (as TestServer does).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (kept, upstream_base) = (bodies.clone(), upstream.trim_end_matches('/').to_owned());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (kept, client, up) = (kept.clone(), client.clone(), upstream_base.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        let n = conn.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let mut lines = head.lines();
+                    let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_owned();
+                    let mut len = 0;
+                    let mut auth = None;
+                    for l in lines {
+                        let (k, v) = l.split_once(':').unwrap_or((l, ""));
+                        match k.to_ascii_lowercase().as_str() {
+                            "content-length" => len = v.trim().parse().unwrap(),
+                            "authorization" => auth = Some(v.trim().to_owned()),
+                            _ => {}
+                        }
+                    }
+                    while buf.len() < head_end + len {
+                        let n = conn.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = buf[head_end..head_end + len].to_vec();
+                    kept.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).to_string());
+                    let mut req = client
+                        .post(format!("{up}{path}"))
+                        .header("content-type", "application/json")
+                        .body(body);
+                    if let Some(a) = auth {
+                        req = req.header("authorization", a);
+                    }
+                    let resp = req.send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    let answer = resp.bytes().await.unwrap();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n",
+                        answer.len()
+                    );
+                    conn.write_all(head.as_bytes()).await.unwrap();
+                    conn.write_all(&answer).await.unwrap();
+                });
+            }
+        });
+        Self { base, bodies }
+    }
+
+    fn sent(&self) -> String {
+        self.bodies.lock().unwrap().join("\n")
+    }
 }
 
 async fn secrets_never_reach_what_a_viewer_reads(db: Db) {
     let sim = Sim::start(&[]).await;
-    let srv = server(TestDb::new(db).await, &sim, &[]).await;
+    let relay = Relay::start(&sim.base).await;
+    let srv = server(
+        TestDb::new(db).await,
+        &sim,
+        &[("LLM_ENDPOINT", relay.base.as_str())],
+    )
+    .await;
     let repo = leaky_repo();
     // The developer (scripted) writes the secret into a file with write_file: the path policy
     // must refuse it. In the script the secret's first letter is a JSON escape, so the stored
     // issue body does not contain it but the simulator's tool call does.
     let mut steps = edit_to(FIXED_NEW).as_array().unwrap().clone();
+    steps.insert(
+        0,
+        json!({"tool": "read_file", "args": {"path": "leak.txt"}}),
+    );
     steps.push(json!({"tool": "write_file", "args": {"path": "dump.txt", "content": "LEAK_HERE"}}));
     let escaped = format!("\\u{:04x}{}", SECRET.as_bytes()[0], &SECRET[1..]);
     let issue = body(json!({"developer": [steps]})).replace("LEAK_HERE", &escaped);
@@ -167,11 +261,55 @@ async fn secrets_never_reach_what_a_viewer_reads(db: Db) {
         .unwrap();
     assert!(copied.stdout.is_empty(), "copy.txt was committed");
 
+    // Nor an error answer that echoes the request (the one HTTP error mapping redacts).
+    let (s, v) = srv.get(&format!("/api/{SECRET}"), ADMIN_TOKEN).await;
+    assert_eq!(s, reqwest::StatusCode::NOT_FOUND, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/api/[redacted]"), "{message}");
+    // The proxy's OpenAI-shaped errors likewise (an unknown model is named in the message).
+    let (s, v, _) = srv
+        .call(
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            Some(ADMIN_TOKEN),
+            Some(&json!({"model": SECRET, "messages": [{"role": "user", "content": "hi"}]})),
+        )
+        .await;
+    assert!(s.is_client_error(), "{s} {v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("[redacted]") && !message.contains(SECRET),
+        "{message}"
+    );
+
     // Nor the database's own rows, read behind the API's back.
     let rows = srv.db.sql_cli(&format!(
         "SELECT COUNT(*) FROM run_events WHERE CAST(data AS TEXT) LIKE '%{SECRET}%'"
     ));
     assert_eq!(rows.trim(), "0");
+    // Nor did it leave for the LLM provider: the Developer read leak.txt, the issue quoted it.
+    let sent = relay.sent();
+    assert!(
+        sent.contains("Developer") || sent.contains("developer"),
+        "nothing relayed"
+    );
+    assert!(
+        sent.contains("[redacted]"),
+        "the secret never reached a prompt?"
+    );
+    for secret in [SECRET, LLM_KEY] {
+        if let Some(at) = sent.find(secret) {
+            let from = sent[..at]
+                .char_indices()
+                .rev()
+                .nth(300)
+                .map_or(0, |(i, _)| i);
+            panic!(
+                "secret sent to the LLM: …{}…",
+                &sent[from..at + secret.len()]
+            );
+        }
+    }
     // Nor the log.
     let log = srv.log();
     assert!(
@@ -338,4 +476,43 @@ async fn a_run_whose_worker_keeps_dying_fails_after_max_attempts(db: Db) {
         "SELECT status FROM run_steps WHERE run_id = '{id}' ORDER BY seq DESC LIMIT 1"
     ));
     assert_eq!(step.trim(), "FAILED");
+}
+
+/// The worker fails a run (instead of abandoning it to be reclaimed) when a write is refused
+/// for its value; this checks, on a real database of each kind, that such a refusal is told
+/// apart from a passing failure. A loop counter beyond INTEGER: PostgreSQL refuses it (SQLSTATE
+/// 22003), SQLite stores it and cannot read it back as one.
+async fn a_value_the_database_refuses_is_not_retryable(db: Db) {
+    use atlasia_core::{Autonomy, NewRun};
+    let tdb = TestDb::new(db).await;
+    let store = tdb.store(4).await;
+    store
+        .create_run(&NewRun {
+            repo: "acme/widgets".into(),
+            issue_number: Some(7),
+            title: "t".into(),
+            body: "b".into(),
+            priority: 5,
+            autonomy: Autonomy::Autonomous,
+            budget_usd: None,
+        })
+        .await
+        .unwrap();
+    let run = store
+        .claim("w1", std::time::Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap()
+        .run;
+    store.start_step(run.id, "w1", "PM").await.unwrap().unwrap();
+    let payload = json!({"v": 1});
+    let end = atlasia_store::StepEnd {
+        loops: Some((i64::MAX, 0)),
+        ..atlasia_store::StepEnd::done("PM", ("ticket_plan", &payload), Some("QUALIFIER"))
+    };
+    let e = store.end_step(run.id, "w1", &end).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e:?}");
+    // A passing failure stays retryable.
+    let busy = atlasia_store::StoreError::PoolTimeout(std::time::Duration::from_secs(1));
+    assert!(busy.is_retryable());
 }

@@ -41,7 +41,8 @@ impl OpenAiError {
     }
 
     fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+        let message = crate::error::redacted(self.message.clone());
+        json!({"error": {"message": message, "type": self.kind, "param": self.param, "code": self.code}})
     }
 }
 
@@ -472,7 +473,7 @@ fn sse(
                 v.push(Value::String("[DONE]".into()));
                 v
             }
-            Err(e) => vec![json!({"error": {"message": e.to_string(), "type": "api_error",
+            Err(e) => vec![json!({"error": {"message": crate::error::redacted(e.to_string()), "type": "api_error",
                                             "code": e.kind.error_type(), "param": null}})],
         };
         futures::stream::iter(out)
