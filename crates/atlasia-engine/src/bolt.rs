@@ -33,6 +33,29 @@ pub const PERSONAS: [(&str, &str); 4] = [
     ("frontend_ux", "reviewer-frontend-ux"),
 ];
 
+/// Why a bolt escalated: the `reason` of its `escalation` artifact (and of the `escalated`
+/// event), a stable code for scripts and `atlasia run`'s summary.
+pub mod reason {
+    /// A DEVELOPER iteration changed nothing outside the Writer's files, twice.
+    pub const NO_CHANGE: &str = "no_change";
+    /// No test command ran (none configured or detected) and `allow_untested` is not set.
+    pub const UNTESTED: &str = "untested";
+    /// The tests failed and the fix loop is used up: the judges' evidence rule vetoed.
+    pub const TESTS_FAILED: &str = "tests_failed";
+    /// The judges voted the change down.
+    pub const JUDGE_VETO: &str = "judge_veto";
+    /// The review loop-back bound is used up.
+    pub const LOOP_BOUND: &str = "loop_bound";
+    /// The LLM budget is spent.
+    pub const BUDGET: &str = "budget";
+    /// The path policy refused the change.
+    pub const POLICY: &str = "policy";
+    /// The developer stopped (a protected write, its token budget).
+    pub const DEVELOPER: &str = "developer";
+    /// The sandbox cannot run commands.
+    pub const SANDBOX: &str = "sandbox";
+}
+
 /// Judge voters per decision.
 pub const VOTERS: usize = 3;
 
@@ -333,6 +356,14 @@ async fn issue_from_forge(ctx: &StepCtx<'_>, env: &Env) -> Map<String, Value> {
     extra
 }
 
+/// How many times an iteration that changed nothing is asked again before `no_change`.
+const NO_CHANGE_REASKS: usize = 1;
+
+/// What the developer is told when its iteration changed nothing.
+const NO_CHANGE_NOTE: &str = "Your previous attempt at this iteration changed no file outside \
+    CHANGELOG.md and README.md (the Writer's files): nothing was changed. Make the change the \
+    issue asks for with the edit tools, then finish; if it cannot be done, say why in the report.";
+
 /// The trailer that marks a DEVELOPER commit of iteration `n`.
 fn step_marker(n: i64) -> String {
     format!("Atlasia-Step: DEVELOPER/{n}")
@@ -382,8 +413,7 @@ async fn develop(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError>
     if let Err(e) = reset {
         return Ok(StepResult::Failed(format!("resetting the worktree: {e}")));
     }
-    let c = context(env, Some(&ws), contract, n).await;
-    let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+    let mut c = context(env, Some(&ws), contract, n).await;
     let wd = Workdir {
         root: ws.path.clone(),
         policy: env.policy.clone(),
@@ -399,22 +429,61 @@ async fn develop(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError>
         max_turns: contract.max_turns,
         max_tokens: env.limits.developer_max_tokens,
     };
-    let report = match developer::develop(ctx, contract, user, &wd, limits).await {
-        DeveloperOutcome::Report(v) => v,
-        DeveloperOutcome::Escalate { reason } => {
-            return Ok(escalate(
-                ctx,
-                &reason,
-                "the developer step (a protected write or the budget)",
+    // No change, no DONE: an iteration that changes nothing outside the Writer's files is asked
+    // once more, told so; a second empty iteration escalates `no_change`.
+    let mut report = Value::Null;
+    for attempt in 0..=NO_CHANGE_REASKS {
+        if attempt > 0 {
+            c.extra.insert("no_change".into(), json!(NO_CHANGE_NOTE));
+            ctx.emit(
+                EventKind::ToolCalled,
+                json!({"step": ctx.step, "tool": "no_change_reask", "target": format!("iteration {n}"),
+                       "ok": false, "detail": NO_CHANGE_NOTE}),
+            )
+            .await;
+        }
+        let user = inputs(ctx.store, ctx.run, contract, &c).await?;
+        report = match developer::develop(ctx, contract, user, &wd, limits).await {
+            DeveloperOutcome::Report(v) => v,
+            DeveloperOutcome::Escalate { reason } => {
+                return Ok(escalate(
+                    ctx,
+                    &reason,
+                    "the developer step (a protected write or the budget)",
+                    self::reason::DEVELOPER,
+                ));
+            }
+            DeveloperOutcome::Failed(e) => return Ok(StepResult::Failed(e)),
+            DeveloperOutcome::Cancelled => return Ok(StepResult::Cancelled),
+        };
+        let (forge, w) = (env.forge.clone(), ws.clone());
+        let changed = match blocking(move || forge.changed_paths(&w)).await {
+            Ok(paths) => paths,
+            Err(e) => return Ok(StepResult::Failed(format!("listing the changes: {e}"))),
+        };
+        if changed.iter().any(|p| !crate::docs::writer_owned(p)) {
+            break;
+        }
+        if attempt == NO_CHANGE_REASKS {
+            let said = report
+                .get("summary")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let blocker = format!(
+                "the developer changed nothing outside the Writer's files ({}) in iteration {n}, \
+                 also after being asked again; its report says: {said}",
+                crate::docs::WRITER_FILES.join(", ")
+            );
+            return Ok(with_artifacts(
+                vec![("implementation_report".into(), report)],
+                escalate(ctx, &blocker, "the no-change rule", self::reason::NO_CHANGE),
             ));
         }
-        DeveloperOutcome::Failed(e) => return Ok(StepResult::Failed(e)),
-        DeveloperOutcome::Cancelled => return Ok(StepResult::Cancelled),
-    };
+    }
     // The tools check every write, but an allowed command (a build, a script) can write
     // anywhere in the tree: the whole change passes the policy before it is committed.
     if let Some(refused) = policy_violation(env, &ws).await {
-        return Ok(escalate(ctx, &refused, "the path policy"));
+        return Ok(escalate(ctx, &refused, "the path policy", reason::POLICY));
     }
     let message = format!(
         "{}: {} (iteration {n})\n\n{}\n\nAtlasia-Run: {}\n{}",
@@ -601,7 +670,10 @@ fn loop_back(
         };
     }
     let blocker = format!("{reason}; the {edge} loop-back bound ({max}) is used up");
-    with_artifacts(artifacts, escalate(ctx, &blocker, "the loop-back bound"))
+    with_artifacts(
+        artifacts,
+        escalate(ctx, &blocker, "the loop-back bound", reason::LOOP_BOUND),
+    )
 }
 
 /// `result` with `artifacts` stored first (the step's own outputs before its escalation).
@@ -624,8 +696,8 @@ fn with_artifacts(mut artifacts: Vec<(String, Value)>, result: StepResult) -> St
 }
 
 /// The `escalation` artifact for a blocker at the current step; PROCEED resumes at DEVELOPER.
-fn escalate(ctx: &StepCtx<'_>, blocker: &str, what: &str) -> StepResult {
-    escalate_to(ctx, blocker, what, RESUME_STEP)
+fn escalate(ctx: &StepCtx<'_>, blocker: &str, what: &str, code: &str) -> StepResult {
+    escalate_to(ctx, blocker, what, RESUME_STEP, code)
 }
 
 /// A spent budget: PROCEED (after the budget was raised) retries the same step.
@@ -635,12 +707,19 @@ fn over_budget(ctx: &StepCtx<'_>, blocker: &str) -> StepResult {
         .copied()
         .find(|s| *s == ctx.step)
         .unwrap_or(RESUME_STEP);
-    escalate_to(ctx, blocker, "the LLM budget", step)
+    escalate_to(ctx, blocker, "the LLM budget", step, reason::BUDGET)
 }
 
-fn escalate_to(ctx: &StepCtx<'_>, blocker: &str, what: &str, resume: &'static str) -> StepResult {
+fn escalate_to(
+    ctx: &StepCtx<'_>,
+    blocker: &str,
+    what: &str,
+    resume: &'static str,
+    code: &str,
+) -> StepResult {
     let run = ctx.run;
     let payload = json!({
+        "reason": code,
         "context": format!(
             "Run {} on {} stopped at {} ({} review loop-back(s), {} fix loop-back(s) so far). \
              Stopped by {what}.",
@@ -690,16 +769,22 @@ fn build_writable(env: &Env) -> Vec<PathBuf> {
     vec![env.cache_dir.join("cargo-target")]
 }
 
-/// The repository's network opt-in for its commands: `[sandbox] network = true` in
-/// `.atlasia.toml` as committed at the bolt's base (the owner's word: a bolt that edits the file
-/// does not give itself the network).
-async fn repo_network(env: &Env, ws: &Workspace) -> bool {
+/// `.atlasia.toml` as committed at the bolt's base: the repository owner's word (a bolt that
+/// edits the file does not change its own verify commands, network or `allow_untested`).
+async fn repo_config(env: &Env, ws: &Workspace) -> Option<toml::Table> {
     let (forge, w) = (env.forge.clone(), ws.clone());
     let text = tokio::task::spawn_blocking(move || forge.file_at_base(&w, ".atlasia.toml"))
         .await
         .ok()
         .flatten();
     text.and_then(|t| t.parse::<toml::Table>().ok())
+}
+
+/// The repository's network opt-in for its commands: `[sandbox] network = true` in
+/// `.atlasia.toml` (see [`repo_config`]).
+async fn repo_network(env: &Env, ws: &Workspace) -> bool {
+    repo_config(env, ws)
+        .await
         .and_then(|doc| {
             doc.get("sandbox")
                 .and_then(|s| s.get("network"))
@@ -708,23 +793,175 @@ async fn repo_network(env: &Env, ws: &Workspace) -> bool {
         .unwrap_or(false)
 }
 
-/// The verify commands: the repository's `.atlasia.toml` `verify = [...]` when present (the
-/// repository owner's word), else the work plan's.
-async fn verify_commands(ctx: &StepCtx<'_>, root: &Path) -> Result<Vec<String>, StoreError> {
-    if let Ok(text) = tokio::fs::read_to_string(root.join(".atlasia.toml")).await
-        && let Ok(doc) = text.parse::<toml::Table>()
-        && let Some(list) = doc.get("verify").and_then(|v| v.as_array())
-    {
-        return Ok(list
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect());
+/// The repository's opt-in to changes no test checked: `allow_untested = true`.
+fn allows_untested(config: Option<&toml::Table>) -> bool {
+    config
+        .and_then(|doc| doc.get("allow_untested"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// A command the tester will run, with where it came from.
+#[derive(Debug, Clone)]
+struct Planned {
+    command: String,
+    /// `atlasia_toml`, `work_plan` or `detected`.
+    source: &'static str,
+    why: String,
+}
+
+/// The verify commands and a sentence saying how they were chosen:
+/// 1. `.atlasia.toml` `verify = [...]` (at the base commit) when it names any: the repository
+///    owner's word, used alone;
+/// 2. else the work plan's `verify_commands` (model-chosen) **plus** the repository's own test
+///    command detected from its files ([`crate::detect`]): a model may add checks but cannot
+///    replace the repository's tests with a weaker command. The detected command is skipped when
+///    a work plan command already starts with it.
+///
+/// An empty list means nothing can run: the report is `not_run`.
+async fn select_commands(
+    ctx: &StepCtx<'_>,
+    env: &Env,
+    ws: &Workspace,
+    config: Option<&toml::Table>,
+) -> Result<(Vec<Planned>, String), StoreError> {
+    let configured: Vec<String> = config
+        .and_then(|doc| doc.get("verify"))
+        .and_then(toml::Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .filter(|c| !c.trim().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !configured.is_empty() {
+        let planned = configured
+            .into_iter()
+            .map(|command| Planned {
+                command,
+                source: "atlasia_toml",
+                why: ".atlasia.toml `verify` (the repository owner's commands)".into(),
+            })
+            .collect();
+        return Ok((
+            planned,
+            ".atlasia.toml names the verify commands; they run alone.".into(),
+        ));
     }
     let plan = ctx.store.latest_artifact(ctx.run.id, "work_plan").await?;
-    Ok(plan
+    let mut planned: Vec<Planned> = plan
         .and_then(|a| a.payload.get("verify_commands").cloned())
         .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
-        .unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|command| Planned {
+            command,
+            source: "work_plan",
+            why: "the work plan's verify_commands".into(),
+        })
+        .collect();
+    let detected = match crate::detect::detect(&ws.path) {
+        None => None,
+        Some(crate::detect::Found::Command(d)) => Some(d),
+        Some(crate::detect::Found::Python { why }) => Some(crate::detect::python(
+            &why,
+            pytest_importable(env, ws).await,
+        )),
+    };
+    let mut selection = if planned.is_empty() {
+        "No .atlasia.toml verify and no work plan verify_commands".to_owned()
+    } else {
+        format!(
+            "No .atlasia.toml verify; the work plan names {} command(s)",
+            planned.len()
+        )
+    };
+    match detected {
+        Some(d) if planned.iter().any(|p| p.command.starts_with(&d.command)) => {
+            selection.push_str(&format!(
+                "; the detected `{}` ({}) is already among them.",
+                d.command, d.why
+            ));
+        }
+        Some(d) => {
+            selection.push_str(&format!(
+                "; the repository's own test command was detected: `{}` ({}).",
+                d.command, d.why
+            ));
+            planned.push(Planned {
+                command: d.command,
+                source: "detected",
+                why: d.why,
+            });
+        }
+        None => selection.push_str(&format!(
+            "; no test command could be detected (looked for {}).",
+            crate::detect::LOOKED_FOR
+        )),
+    }
+    Ok((planned, selection))
+}
+
+/// Whether pytest imports where the tests run (the sandbox); `false` when it cannot be asked.
+async fn pytest_importable(env: &Env, ws: &Workspace) -> bool {
+    if matches!(env.sandbox.status(), SandboxStatus::Unavailable(_)) {
+        return false;
+    }
+    let mut spec = CommandSpec::new(crate::detect::PYTEST_PROBE, ws.path.clone());
+    spec.env_set = build_env(env);
+    env.sandbox
+        .run(&spec, Duration::from_secs(30), 1024)
+        .await
+        .is_ok_and(|o| o.exit_code == Some(0))
+}
+
+/// The evidence of a test report, one line per command: command, result, duration, and where
+/// the command came from; or why nothing ran. What the PR body and `atlasia run` show.
+pub fn evidence(report: &Value) -> Vec<String> {
+    let commands = report["commands"].as_array().cloned().unwrap_or_default();
+    if commands.is_empty() {
+        return vec![format!(
+            "untested: no test command ran. {}",
+            report["selection"]
+                .as_str()
+                .or_else(|| report["summary"].as_str())
+                .unwrap_or_default()
+        )];
+    }
+    commands
+        .iter()
+        .map(|c| {
+            let result = match c["exit_code"].as_i64() {
+                Some(0) => "passed (exit 0)".to_owned(),
+                Some(code) => format!("FAILED (exit {code})"),
+                None => "FAILED (killed or could not run)".to_owned(),
+            };
+            let ms = c["duration_ms"].as_u64().unwrap_or(0);
+            let from = match (c["source"].as_str(), c["why"].as_str()) {
+                (Some(s), Some(w)) => format!(" [{s}: {w}]"),
+                (Some(s), None) => format!(" [{s}]"),
+                _ => String::new(),
+            };
+            format!(
+                "`{}` {result} in {}.{:03} s{from}",
+                c["command"].as_str().unwrap_or("?"),
+                ms / 1000,
+                ms % 1000
+            )
+        })
+        .collect()
+}
+
+/// The test status of a report: `passed`, `failed` or `not_run` (older reports have no
+/// `status`: read from `passed`).
+pub fn test_status(report: &Value) -> &str {
+    match report["status"].as_str() {
+        Some(s) => s,
+        None if report["passed"] == json!(true) => "passed",
+        None => "failed",
+    }
 }
 
 async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
@@ -733,18 +970,41 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
         Err(e) => return Ok(StepResult::Failed(e)),
     };
     let n = reports(ctx).await?;
-    let commands = verify_commands(ctx, &ws.path).await?;
-    if !commands.is_empty()
-        && let SandboxStatus::Unavailable(why) = env.sandbox.status()
-    {
+    let config = repo_config(env, &ws).await;
+    let (planned, selection) = select_commands(ctx, env, &ws, config.as_ref()).await?;
+    let commands: Vec<String> = planned.iter().map(|p| p.command.clone()).collect();
+    if commands.is_empty() {
+        // Nothing can run: the report says so and the judges' evidence rule decides (a veto
+        // unless the repository allows untested changes).
+        let report = json!({
+            "status": "not_run",
+            "passed": false,
+            "commands": [],
+            "selection": selection,
+            "summary": format!("untested: no test command ran. {selection}"),
+        });
+        return Ok(StepResult::next("test_report", report, "JUDGE"));
+    }
+    if let SandboxStatus::Unavailable(why) = env.sandbox.status() {
         // Running the commands unisolated is the operator's call (`sandbox.mode = "none"`);
         // a PROCEED after fixing the sandbox runs the tests again.
         let reason = SandboxError::Unavailable(why.clone()).to_string();
-        return Ok(escalate_to(ctx, &reason, "the sandbox", "TESTER"));
+        return Ok(escalate_to(
+            ctx,
+            &reason,
+            "the sandbox",
+            "TESTER",
+            reason::SANDBOX,
+        ));
     }
     let network = repo_network(env, &ws).await;
     let mut results = Vec::new();
-    for command in &commands {
+    for Planned {
+        command,
+        source,
+        why,
+    } in &planned
+    {
         let mut spec = CommandSpec::new(command.clone(), ws.path.clone());
         spec.env_set = build_env(env);
         spec.writable = build_writable(env);
@@ -753,7 +1013,7 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
             r = env.sandbox.run(&spec, env.limits.verify_timeout, env.limits.output_cap) => r,
             () = ctx.cancel.cancelled() => return Ok(StepResult::Cancelled),
         };
-        let entry = match outcome {
+        let mut entry = match outcome {
             Ok(o) => json!({
                 "command": command,
                 "exit_code": o.exit_code,
@@ -766,6 +1026,10 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
             Err(e) => json!({"command": command, "exit_code": null, "duration_ms": 0,
                              "output_tail": format!("could not run: {e}")}),
         };
+        if let Some(o) = entry.as_object_mut() {
+            o.insert("source".into(), json!(source));
+            o.insert("why".into(), json!(why));
+        }
         ctx.emit(
             EventKind::ToolCalled,
             json!({"step": ctx.step, "tool": "verify", "target": command,
@@ -804,6 +1068,7 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
                 for f in failed {
                     results.push(json!({
                         "command": format!("CI check {}", f.run.name),
+                        "source": "ci",
                         "exit_code": null,
                         "duration_ms": 0,
                         "output_tail": f.log_tail.unwrap_or_else(|| format!(
@@ -821,12 +1086,11 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
         }
     }
     let mut report = if passed {
-        let summary = if commands.is_empty() {
-            "No verify commands are configured (work plan or .atlasia.toml); nothing was run."
-                .to_owned()
-        } else {
-            format!("All {} verify command(s) passed.", commands.len())
-        };
+        let summary = format!(
+            "All {} verify command(s) passed: {}",
+            commands.len(),
+            evidence(&json!({"commands": results})).join("; ")
+        );
         let summary = match &ci_note {
             Some(note) => format!("{summary} {note}."),
             None => summary,
@@ -838,9 +1102,19 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
     // The outcome is the exit codes', never the model's reading of them.
     if let Some(o) = report.as_object_mut() {
         o.insert("passed".into(), json!(passed));
+        o.insert(
+            "status".into(),
+            json!(if passed { "passed" } else { "failed" }),
+        );
+        o.insert("selection".into(), json!(selection));
         o.insert("commands".into(), json!(results));
     }
     if passed {
+        return Ok(StepResult::next("test_report", report, "JUDGE"));
+    }
+    if i64::from(ctx.run.fix_loops) >= i64::from(env.limits.fix_loops) {
+        // The fix loop is used up: the failing report goes to the judges, whose evidence rule
+        // vetoes it (no vote is asked) and escalates.
         return Ok(StepResult::next("test_report", report, "JUDGE"));
     }
     let failing = results
@@ -900,6 +1174,34 @@ async fn judge(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
     };
     let ws = workspace(ctx, env).await.ok();
     let n = reports(ctx).await?;
+    // The evidence rule comes before any vote: failing or missing tests are a veto by rule.
+    let report = ctx.store.latest_artifact(ctx.run.id, "test_report").await?;
+    let config = match &ws {
+        Some(ws) => repo_config(env, ws).await,
+        None => None,
+    };
+    let allow_untested = allows_untested(config.as_ref());
+    if let Some(veto) = judge::evidence_veto(report.as_ref().map(|a| &a.payload), allow_untested) {
+        let mut blocker = veto.blocker;
+        if veto.code == reason::TESTS_FAILED {
+            blocker.push_str(&format!(
+                "; the tester_to_developer loop-back bound ({}) is used up",
+                env.limits.fix_loops
+            ));
+        }
+        let record = json!({
+            "outcome": "veto",
+            "weighted": 0.0,
+            "rule": veto.code,
+            "reason": blocker,
+            "iteration": n,
+            "votes": 0,
+        });
+        return Ok(with_artifacts(
+            vec![("judge_decision".into(), record)],
+            escalate(ctx, &blocker, "the judges' evidence rule", veto.code),
+        ));
+    }
     let mut calls = Vec::new();
     let shared = context(env, ws.as_ref(), contract, n).await;
     for voter in 1..=VOTERS {
@@ -941,7 +1243,7 @@ async fn judge(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
         );
         return Ok(with_artifacts(
             artifacts,
-            escalate(ctx, &blocker, "a judge veto"),
+            escalate(ctx, &blocker, "a judge veto", reason::JUDGE_VETO),
         ));
     }
     Ok(StepResult::Next {
@@ -1074,13 +1376,21 @@ async fn pr_body(ctx: &StepCtx<'_>, docs: &Value, stat: &str) -> Result<String, 
         .await?;
     let totals = ctx.store.llm_totals(Some(&ctx.run.id.to_string())).await?;
     body.push_str("\n\n---\n");
-    if let Some(t) = tests {
-        body.push_str(&format!(
-            "**Tests:** {}\n\n",
-            t.payload["summary"]
-                .as_str()
-                .unwrap_or("see the test report")
-        ));
+    match tests {
+        Some(t) => {
+            let status = test_status(&t.payload);
+            let label = if status == "not_run" {
+                "untested"
+            } else {
+                status
+            };
+            body.push_str(&format!("**Tests:** {label}\n\n"));
+            for line in evidence(&t.payload) {
+                body.push_str(&format!("- {line}\n"));
+            }
+            body.push('\n');
+        }
+        None => body.push_str("**Tests:** untested (no test report)\n\n"),
     }
     if let Some(j) = judged {
         body.push_str(&format!(

@@ -591,7 +591,7 @@ fn escalation_issues(value: &Value) -> Vec<ValidationIssue> {
     issues
 }
 
-/// `passed` must say whether every command exited 0.
+/// `passed` must say whether commands ran and every one exited 0 (nothing run is no pass).
 fn test_report_issues(value: &Value) -> Vec<ValidationIssue> {
     let passed = value
         .get("passed")
@@ -601,8 +601,10 @@ fn test_report_issues(value: &Value) -> Vec<ValidationIssue> {
         .get("commands")
         .and_then(Value::as_array)
         .is_some_and(|cmds| {
-            cmds.iter()
-                .all(|c| c.get("exit_code").and_then(Value::as_i64) == Some(0))
+            !cmds.is_empty()
+                && cmds
+                    .iter()
+                    .all(|c| c.get("exit_code").and_then(Value::as_i64) == Some(0))
         });
     if passed == all_zero {
         return Vec::new();
@@ -614,7 +616,7 @@ fn test_report_issues(value: &Value) -> Vec<ValidationIssue> {
             if all_zero {
                 "every command exited 0"
             } else {
-                "a command did not exit 0"
+                "no command ran or a command did not exit 0"
             }
         ),
     )]

@@ -10,6 +10,16 @@ const CHANGELOG: &str = "CHANGELOG.md";
 const README: &str = "README.md";
 const UNRELEASED: &str = "## [Unreleased]";
 
+/// The files the Writer owns: a developer iteration that changes only these changed nothing
+/// (the engine's "no change, no DONE" rule).
+pub const WRITER_FILES: [&str; 2] = [CHANGELOG, README];
+
+/// Whether `path` (repository-relative) is one of the Writer's files.
+pub fn writer_owned(path: &str) -> bool {
+    let p = path.trim_start_matches("./");
+    WRITER_FILES.iter().any(|w| p.eq_ignore_ascii_case(w))
+}
+
 /// The Keep-a-Changelog buckets, in the order they appear.
 const BUCKETS: [&str; 6] = [
     "added",
@@ -210,6 +220,12 @@ pub fn readme(old: &str, heading: &str, content: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_changelog_and_readme_at_the_root_are_the_writers() {
+        assert!(writer_owned("CHANGELOG.md") && writer_owned("./README.md"));
+        assert!(!writer_owned("docs/README.md") && !writer_owned("calc.py"));
+    }
 
     fn e(c: &str, t: &str) -> (String, String) {
         (c.to_owned(), t.to_owned())

@@ -1,6 +1,10 @@
 //! The JUDGE step's rubric: criterion weights, the veto/conditional/pass thresholds, and the
 //! aggregation of the three voters' `judge_verdict` artifacts into one decision.
 //!
+//! Before any vote, the evidence rule ([`evidence_veto`]): a failing, missing or `not_run` test
+//! report is a veto by rule and no voter is asked (`not_run` passes on to the voters only when
+//! the repository set `allow_untested = true`).
+//!
 //! Aggregation rule (the original summed "confidence" per verdict; we keep it explainable):
 //! 1. Quorum: fewer than [`QUORUM`] votes is a veto — a judge that could not judge must not let a
 //!    change through.
@@ -172,6 +176,59 @@ pub fn band(weighted: f64) -> VoteDecision {
     }
 }
 
+/// Why the evidence alone vetoes a change, before any voter is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceVeto {
+    /// The escalation reason: `tests_failed` or `untested`.
+    pub code: &'static str,
+    /// What the evidence says, for the escalation's blocker.
+    pub blocker: String,
+}
+
+/// The rule that comes before the vote: the judges cannot pass failing or missing evidence. A
+/// missing test report, or one that did not pass, is a veto (`tests_failed`); a `not_run`
+/// report is a veto (`untested`) unless the repository opted in with `allow_untested`.
+pub fn evidence_veto(
+    report: Option<&serde_json::Value>,
+    allow_untested: bool,
+) -> Option<EvidenceVeto> {
+    let Some(report) = report else {
+        return Some(EvidenceVeto {
+            code: "untested",
+            blocker: "there is no test report: the judges cannot pass a change without evidence"
+                .into(),
+        });
+    };
+    let status = report.get("status").and_then(serde_json::Value::as_str);
+    let passed = report.get("passed").and_then(serde_json::Value::as_bool) == Some(true);
+    let summary = report
+        .get("summary")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    if status == Some("not_run") {
+        return (!allow_untested).then(|| EvidenceVeto {
+            code: "untested",
+            blocker: format!(
+                "no test ran ({summary}); the judges cannot pass untested changes unless \
+                 .atlasia.toml sets allow_untested = true"
+            ),
+        });
+    }
+    let ran = report
+        .get("commands")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|c| !c.is_empty());
+    if !passed || !ran {
+        return Some(EvidenceVeto {
+            code: "tests_failed",
+            blocker: format!(
+                "the tests did not pass ({summary}); the judges cannot pass failing evidence"
+            ),
+        });
+    }
+    None
+}
+
 /// Aggregates the voters' verdicts; the rule is in the module documentation.
 pub fn aggregate(votes: &[JudgeVote]) -> Decision {
     let Some(mean) = Scores::mean(votes.iter().map(|v| &v.scores)) else {
@@ -271,6 +328,33 @@ mod tests {
 
     fn three(s: f64) -> Vec<JudgeVote> {
         (0..3).map(|_| vote(uniform(s), band(s))).collect()
+    }
+
+    #[test]
+    fn failing_or_missing_evidence_is_a_veto_before_any_vote() {
+        use serde_json::json;
+        let cmd = |code: i64| json!({"command": "make test", "exit_code": code, "duration_ms": 1, "output_tail": ""});
+        let passed =
+            json!({"passed": true, "status": "passed", "commands": [cmd(0)], "summary": "ok"});
+        assert_eq!(evidence_veto(Some(&passed), false), None);
+        let failed =
+            json!({"passed": false, "status": "failed", "commands": [cmd(1)], "summary": "boom"});
+        let v = evidence_veto(Some(&failed), true).unwrap_or_else(|| panic!("no veto"));
+        assert_eq!(v.code, "tests_failed");
+        assert!(v.blocker.contains("boom"), "{}", v.blocker);
+        let not_run = json!({"passed": false, "status": "not_run", "commands": [], "summary": "nothing found"});
+        assert_eq!(
+            evidence_veto(Some(&not_run), false).map(|v| v.code),
+            Some("untested")
+        );
+        assert_eq!(evidence_veto(Some(&not_run), true), None);
+        assert_eq!(evidence_veto(None, true).map(|v| v.code), Some("untested"));
+        // "passed" with nothing run is not evidence (an old report without a status).
+        let hollow = json!({"passed": true, "commands": [], "summary": "nothing was run"});
+        assert_eq!(
+            evidence_veto(Some(&hollow), false).map(|v| v.code),
+            Some("tests_failed")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod bolt;
 pub mod contracts;
 pub mod ctx;
+pub mod detect;
 pub mod developer;
 pub mod docs;
 pub mod forge;

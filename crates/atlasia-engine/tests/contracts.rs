@@ -564,6 +564,14 @@ fn test_report_passed_must_match_the_exit_codes() {
         c.validate("test_report", &with(all_ok, "/passed", json!(true)))
             .is_ok()
     );
+    // Nothing run is not a pass.
+    let none = with(valid("test_report"), "/commands", json!([]));
+    assert_issue_at(
+        &c,
+        "test_report",
+        &with(none, "/passed", json!(true)),
+        "/passed",
+    );
 }
 
 #[test]

@@ -312,7 +312,14 @@ fn implementation_report(ctx: &Context, steps: &[ToolStep]) -> Value {
         .filter_map(|s| s.args.get("command").and_then(Value::as_str))
         .map(|c| json!(c))
         .collect();
-    let summary = if files.is_empty() {
+    let summary = if files.is_empty() && ctx.doc.contains_key("no_change") {
+        format!(
+            "[sim-llm] Asked again, but the simulator has no scripted change for \"{}\" \
+             (iteration {}); still nothing was modified.",
+            subject(ctx),
+            ctx.iteration
+        )
+    } else if files.is_empty() {
         format!(
             "[sim-llm] No scripted change for \"{}\" (iteration {}); nothing was modified.",
             subject(ctx),
@@ -471,8 +478,9 @@ fn docs_update(ctx: &Context) -> Value {
     };
     let files = ctx.touched();
     let mut body = format!(
-        "## What\n\n{title}\n\n## How it was tested\n\nThe repository's verify commands ran in \
-         the bolt's sandbox.\n\n_Written by the sim-llm simulator (iteration {})._",
+        "## What\n\n{title}\n\n## How it was tested\n\nSee the test evidence the engine adds \
+         below (each command, its result and duration).\n\n_Written by the sim-llm simulator \
+         (iteration {})._",
         ctx.iteration
     );
     if !files.is_empty() {
@@ -627,6 +635,24 @@ mod tests {
         let (name, report) = developer(&bare, 0);
         assert_eq!(name, "finish");
         assert_eq!(report["files_changed"], json!([]));
+        assert!(
+            report["summary"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was modified"),
+            "{report}"
+        );
+        // Told that nothing changed, an unscripted developer says so again.
+        let again =
+            Context::parse(r#"{"issue": {"title": "t", "body": ""}, "no_change": "…"}"#).unwrap();
+        let (_, report) = developer(&again, 0);
+        assert!(
+            report["summary"]
+                .as_str()
+                .unwrap()
+                .contains("still nothing was modified"),
+            "{report}"
+        );
     }
 
     #[test]

@@ -230,13 +230,23 @@ async fn summary(store: &Store, run: &Run) -> Result<u8, CliError> {
             branch_name(run.issue_number, &run.id.to_string())
         );
     }
-    if let Some(t) = latest("test_report").await? {
-        let passed = t.payload["passed"].as_bool().unwrap_or(false);
-        println!(
-            "tests:    {} — {}",
-            if passed { "passed" } else { "FAILED" },
-            t.payload["summary"].as_str().unwrap_or("")
-        );
+    match latest("test_report").await? {
+        Some(t) => {
+            let label = match atlasia_engine::bolt::test_status(&t.payload) {
+                "passed" => "passed",
+                "not_run" => "untested",
+                _ => "FAILED",
+            };
+            println!(
+                "tests:    {label} — {}",
+                t.payload["summary"].as_str().unwrap_or("")
+            );
+            // The evidence exactly: each command, its result and duration, where it came from.
+            for line in atlasia_engine::bolt::evidence(&t.payload) {
+                println!("  evidence: {line}");
+            }
+        }
+        None => println!("tests:    untested — no test report (the bolt stopped before TESTER)"),
     }
     println!(
         "cost:     ${:.4} ({} LLM calls, {} tokens in, {} out)",
@@ -284,6 +294,9 @@ async fn pr_repository(store: &Store, run: &Run) -> Result<Option<String>, CliEr
 
 fn print_escalation(run: &Run, e: &Value) {
     println!("ESCALATED: {}", e["blocker"].as_str().unwrap_or("?"));
+    if let Some(code) = e["reason"].as_str() {
+        println!("reason:   {code}");
+    }
     println!("context:  {}", e["context"].as_str().unwrap_or(""));
     for o in e["options"].as_array().into_iter().flatten() {
         println!(

@@ -63,6 +63,12 @@ fn a_bundled_example_runs_to_done_offline() {
     assert!(field(&out, "branch").starts_with("ai/issue-12"), "{out}");
     assert!(field(&out, "PR").starts_with("[AI] "), "{out}");
     assert!(field(&out, "tests").starts_with("passed"), "{out}");
+    // The evidence exactly: the command, its result and duration, and where it came from.
+    assert!(
+        out.contains("evidence: `python3 -m unittest -q` passed (exit 0) in ")
+            && out.contains("[atlasia_toml: "),
+        "{out}"
+    );
     assert!(
         out.contains("inventory/core.py"),
         "diff stat missing: {out}"
