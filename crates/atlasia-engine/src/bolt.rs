@@ -1414,6 +1414,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_judges_read_the_diff_and_the_test_report() {
+        let c = crate::contracts::Contracts::embedded().unwrap_or_else(|e| panic!("{e}"));
+        let judge = c
+            .agent("judge")
+            .unwrap_or_else(|| panic!("no judge contract"));
+        for input in ["diff", "test_report"] {
+            assert!(judge.inputs.iter().any(|i| i == input), "{input}");
+        }
+    }
+
+    #[test]
+    fn evidence_states_command_result_duration_and_source() {
+        let report = json!({"status": "failed", "commands": [
+            {"command": "make test", "exit_code": 0, "duration_ms": 1234,
+             "source": "detected", "why": "Makefile has a `test` target"},
+            {"command": "npm test", "exit_code": 2, "duration_ms": 5, "source": "work_plan"},
+            {"command": "CI check lint", "exit_code": null, "duration_ms": 0, "source": "ci"}]});
+        assert_eq!(
+            evidence(&report),
+            vec![
+                "`make test` passed (exit 0) in 1.234 s [detected: Makefile has a `test` target]",
+                "`npm test` FAILED (exit 2) in 0.005 s [work_plan]",
+                "`CI check lint` FAILED (killed or could not run) in 0.000 s [ci]",
+            ]
+        );
+        let none = json!({"status": "not_run", "commands": [], "selection": "nothing found"});
+        assert_eq!(
+            evidence(&none),
+            vec!["untested: no test command ran. nothing found"]
+        );
+        assert_eq!(test_status(&none), "not_run");
+        assert_eq!(test_status(&json!({"passed": true})), "passed");
+        assert_eq!(test_status(&json!({"passed": false})), "failed");
+    }
+
+    #[test]
     fn commit_types_follow_the_title() {
         assert_eq!(commit_type("Fix overflow in add"), "fix");
         assert_eq!(commit_type("Add a multiply function"), "feat");
