@@ -917,6 +917,14 @@ async fn pytest_importable(env: &Env, ws: &Workspace) -> bool {
         .is_ok_and(|o| o.exit_code == Some(0))
 }
 
+/// Whether a test runner's output says it ran no test (Python's unittest and pytest; other
+/// runners print per-package counts where a zero is normal).
+fn found_no_tests(output: &str) -> bool {
+    output.contains("Ran 0 tests")
+        || output.contains("NO TESTS RAN")
+        || output.contains("no tests ran")
+}
+
 /// The evidence of a test report, one line per command: command, result, duration, and where
 /// the command came from; or why nothing ran. What the PR body and `atlasia run` show.
 pub fn evidence(report: &Value) -> Vec<String> {
@@ -1037,6 +1045,24 @@ async fn test(ctx: &StepCtx<'_>, env: &Env) -> Result<StepResult, StoreError> {
         )
         .await;
         results.push(entry);
+    }
+    // A runner that found no test at all proves nothing: when every command says so, the
+    // report is `not_run`, whatever the exit codes.
+    if results
+        .iter()
+        .all(|r| found_no_tests(r["output_tail"].as_str().unwrap_or_default()))
+    {
+        let report = json!({
+            "status": "not_run",
+            "passed": false,
+            "commands": results,
+            "selection": selection,
+            "summary": format!(
+                "untested: {} ran but found no tests. {selection}",
+                commands.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+            ),
+        });
+        return Ok(StepResult::next("test_report", report, "JUDGE"));
     }
     let mut passed = results.iter().all(|r| r["exit_code"] == json!(0));
     let mut ci_note = None;
@@ -1447,6 +1473,17 @@ mod tests {
         assert_eq!(test_status(&none), "not_run");
         assert_eq!(test_status(&json!({"passed": true})), "passed");
         assert_eq!(test_status(&json!({"passed": false})), "failed");
+    }
+
+    #[test]
+    fn an_empty_test_run_is_recognised() {
+        assert!(found_no_tests("\n----\nRan 0 tests in 0.000s\n\nOK\n"));
+        assert!(found_no_tests("\n\nNO TESTS RAN\n"));
+        assert!(found_no_tests("no tests ran in 0.01s\n"));
+        assert!(!found_no_tests("Ran 10 tests in 0.1s\n\nOK\n"));
+        assert!(!found_no_tests(
+            "running 0 tests\ntest result: ok. 0 passed"
+        ));
     }
 
     #[test]

@@ -591,12 +591,23 @@ fn escalation_issues(value: &Value) -> Vec<ValidationIssue> {
     issues
 }
 
-/// `passed` must say whether commands ran and every one exited 0 (nothing run is no pass).
+/// `passed` must say whether commands ran and every one exited 0 (nothing run is no pass); a
+/// `not_run` report never passed.
 fn test_report_issues(value: &Value) -> Vec<ValidationIssue> {
     let passed = value
         .get("passed")
         .and_then(Value::as_bool)
         .unwrap_or_default();
+    if value.get("status").and_then(Value::as_str) == Some("not_run") {
+        return if passed {
+            vec![ValidationIssue::new(
+                "/passed",
+                "is true but status is not_run: nothing that ran found a test",
+            )]
+        } else {
+            Vec::new()
+        };
+    }
     let all_zero = value
         .get("commands")
         .and_then(Value::as_array)

@@ -241,6 +241,32 @@ async fn nothing_to_run_is_untested_unless_allowed(db: Db) {
     assert_eq!(esc["reason"], "untested", "{esc}");
     assert_eq!(calls_by(&srv, &id, "judge"), 0);
 
+    // A Python module without a single test: the detected runner runs and finds nothing,
+    // which is no evidence either.
+    let no_tests = repo(&[("greet.py", "def greet():\n    return 'hi'\n")]);
+    let rename = json!([[{"tool": "edit_file", "args": {"path": "greet.py",
+        "old_text": "'hi'", "new_text": "'hello'"}}]]);
+    let (id, end) = run_to_end(
+        &srv,
+        no_tests.path(),
+        "Say hello",
+        body(json!({"developer": rename})),
+    )
+    .await;
+    assert_eq!(end["status"], "ESCALATED", "{end}\n{}", srv.log());
+    let report = &artifacts(&srv, &id, "test_report").await[0]["payload"];
+    assert_eq!(report["status"], "not_run", "{report}");
+    assert_eq!(report["commands"][0]["source"], "detected", "{report}");
+    assert!(
+        report["summary"]
+            .as_str()
+            .unwrap()
+            .contains("found no tests"),
+        "{report}"
+    );
+    let esc = &artifacts(&srv, &id, "escalation").await[0]["payload"];
+    assert_eq!(esc["reason"], "untested", "{esc}");
+
     let allowed = repo(&[
         ("notes.txt", "teh\n"),
         (".atlasia.toml", "allow_untested = true\n"),
