@@ -399,14 +399,9 @@ async fn a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on(db: Db) {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             continue;
         };
-        // The sandbox's start-up report comes before any run exists.
-        let startup = v["message"]
+        if v["target"]
             .as_str()
-            .is_some_and(|m| m.starts_with("command sandbox"));
-        if !startup
-            && v["target"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("atlasia_engine"))
+            .is_some_and(|t| t.starts_with("atlasia_engine"))
         {
             engine_lines += 1;
             assert!(line.contains(&id), "engine line without the run: {line}");
