@@ -100,6 +100,14 @@ fn describe() {
         "workflow_runs_poisoned_total",
         "Runs failed because their worker died engine.max_attempts times at the same step."
     );
+    describe_gauge!(
+        "sandbox_enabled",
+        "1 when the commands of bolts run isolated in the sandbox, 0 otherwise."
+    );
+    describe_gauge!(
+        "sandbox_mode",
+        "1 for the sandbox mode in effect: bwrap, none (operator opt-out) or unavailable."
+    );
     atlasia_llm::metrics::describe();
     metrics_process::Collector::default().describe();
 }

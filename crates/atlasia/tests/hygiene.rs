@@ -393,9 +393,14 @@ async fn a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on(db: Db) {
     assert!(read.contains("calc\u{FFFD}.py"), "{read}");
     let log = srv.log();
     assert!(!log.contains("run abandoned"), "{log}");
-    // Every engine log line names the run.
+    // Every engine log line written while the bolt runs names the run (the lines before it
+    // are the process's start-up: the sandbox probe, the worker pool).
     let mut engine_lines = 0;
-    for line in log.lines() {
+    let from_claim = log
+        .lines()
+        .skip_while(|line| !line.contains(&id))
+        .collect::<Vec<_>>();
+    for line in from_claim {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             continue;
         };

@@ -126,6 +126,9 @@ async fn local_paths_only_under_roots(db: Db) {
     }
     let m = refused(&srv, &root.join("missing").display().to_string()).await;
     assert!(m.contains("does not exist"), "{m}");
+    // Outside the roots a missing path is refused like an existing one: no existence oracle.
+    let m = refused(&srv, "/nonexistent-atlasia-path").await;
+    assert!(m.contains("is not under any directory"), "{m}");
     let m = refused(&srv, &root.join("file.txt").display().to_string()).await;
     assert!(m.contains("not a directory"), "{m}");
     let m = refused(&srv, &elsewhere.path().display().to_string()).await;

@@ -96,9 +96,16 @@ impl RepoAccess {
         if self.roots.as_ref().is_some_and(Vec::is_empty) {
             return Err(RepoRefused::NoRoots);
         }
-        let path = repo
-            .canonicalize()
-            .map_err(|_| RepoRefused::Missing(shown.clone()))?;
+        let path = repo.canonicalize().map_err(|_| {
+            // Outside the roots, "does not exist" and "not allowed" must read the same, or the
+            // API would tell a caller which host paths exist.
+            match &self.roots {
+                Some(roots) if !roots.iter().any(|r| lexical(repo).starts_with(r)) => {
+                    RepoRefused::NotUnderRoot(shown.clone())
+                }
+                _ => RepoRefused::Missing(shown.clone()),
+            }
+        })?;
         if !path.is_dir() {
             return Err(RepoRefused::NotADirectory(shown));
         }
@@ -124,6 +131,22 @@ impl RepoAccess {
         }
         Ok(path)
     }
+}
+
+/// `path` made absolute with `.` and `..` folded away, without touching the filesystem.
+fn lexical(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -164,6 +187,17 @@ mod tests {
         assert!(matches!(
             admit(&root.join("nope")),
             Err(RepoRefused::Missing(_))
+        ));
+        // Outside the roots a missing path reads like any refused one.
+        for outside in ["/nonexistent-atlasia", "/etc/../nonexistent-atlasia"] {
+            assert!(matches!(
+                admit(Path::new(outside)),
+                Err(RepoRefused::NotUnderRoot(_))
+            ));
+        }
+        assert!(matches!(
+            admit(&root.join("app/../../nope")),
+            Err(RepoRefused::NotUnderRoot(_))
         ));
         let none = RepoAccess::under(&[], ImportLimits::default());
         assert_eq!(none.admit(&repo, &data), Err(RepoRefused::NoRoots));
