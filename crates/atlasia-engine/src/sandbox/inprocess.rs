@@ -32,6 +32,9 @@ const CONTAINER_FAILURE: i32 = 125;
 /// What the in-process backend needs, resolved at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tools {
+    /// util-linux `setsid`: the command gets a session and process group of its own, so that
+    /// `kill 0` in it cannot reach the server's process group.
+    pub setsid: PathBuf,
     /// Set when the server runs as root: the command drops to `run_as` through it.
     pub setpriv: Option<PathBuf>,
     /// Set when the server is not root: an unprivileged user namespace mapping this uid/gid to
@@ -39,12 +42,17 @@ pub struct Tools {
     pub user_namespace: Option<(u32, u32)>,
 }
 
-/// Checks that the shell exists; `setpriv` is resolved by the caller (root only).
-pub fn resolve(setpriv: Option<PathBuf>, ids: Option<(u32, u32)>) -> Result<Tools, String> {
+/// Checks that the shell exists; the helpers are resolved by the caller.
+pub fn resolve(
+    setsid: PathBuf,
+    setpriv: Option<PathBuf>,
+    ids: Option<(u32, u32)>,
+) -> Result<Tools, String> {
     if !Path::new(SHELL).is_file() {
         return Err(format!("{SHELL} does not exist"));
     }
     Ok(Tools {
+        setsid,
         setpriv,
         user_namespace: ids,
     })
@@ -203,11 +211,16 @@ pub fn container(
     Ok(c)
 }
 
-/// Program and arguments: `sh -c <line>`; under root behind `setpriv`, itself the child of a
-/// root shell that stays PID 1. Changing uid clears a process's parent-death signal, so the
-/// process that drops privileges must not be the one whose death signal ends the namespace.
+/// Program and arguments: `setsid --wait sh -c <line>`; under root `sh -c` runs behind
+/// `setpriv`, itself the child of a root shell that stays PID 1. Changing uid clears a
+/// process's parent-death signal, so the process that drops privileges must not be the one
+/// whose death signal ends the namespace. (`setsid` does not fork here: PID 1 does not lead a
+/// process group; `--wait` keeps the exit code should it ever have to.)
 pub fn argv(tools: &Tools, config: &SandboxConfig, command_line: &str) -> (String, Vec<String>) {
-    let mut argv: Vec<String> = Vec::new();
+    let mut argv: Vec<String> = vec![
+        tools.setsid.to_string_lossy().into_owned(),
+        "--wait".to_owned(),
+    ];
     if let Some(setpriv) = &tools.setpriv {
         // `; exit $?` keeps the shell from exec'ing its last command in place of itself.
         argv.extend([

@@ -529,7 +529,7 @@ fn resolve(config: &SandboxConfig, backend: Backend) -> Result<Engine, String> {
                 Some(0) | None => None,
                 Some(uid) => Some((uid, owner::effective_gid().unwrap_or(uid))),
             };
-            inprocess::resolve(setpriv, ids)
+            inprocess::resolve(helper("setsid")?, setpriv, ids)
                 .map(Engine::InProcess)
                 .map_err(|e| format!("in-process: {e}"))
         }
