@@ -1,11 +1,13 @@
 //! Per-command overhead of the sandbox (run by `bench/sandbox`): `true` and a Python unittest
-//! run of `examples/py-inventory`, with and without bubblewrap, `N` runs each, interleaved so
-//! machine noise hits both sides alike; prints medians, the difference and the ratio.
+//! run of `examples/py-inventory`, without a sandbox, with bubblewrap and with the in-process
+//! backend, `N` runs each, interleaved so machine noise hits every side alike; prints medians,
+//! the differences and the ratios.
 //!
 //! Usage: `sandbox_bench [N]` (default 50); `BENCH_PYTHON` names the interpreter (default
-//! `/usr/bin/python3`). Exits 1 when the sandbox does not work here.
+//! `/usr/bin/python3`). A backend that does not work here is reported and skipped; exits 1 when
+//! neither works.
 
-use atlasia_engine::sandbox::{CommandSpec, Mode, Sandbox, SandboxConfig, Status};
+use atlasia_engine::sandbox::{Backend, CommandSpec, Mode, Sandbox, SandboxConfig, Status};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -62,9 +64,20 @@ async fn main() -> Result<(), String> {
         })
         .transpose()?
         .unwrap_or(50);
-    let bwrap = Sandbox::start(SandboxConfig::default()).await;
-    if let Status::Unavailable(why) = bwrap.status() {
-        return Err(format!("sandbox unavailable: {why}"));
+    let mut sandboxes = Vec::new();
+    for backend in [Backend::Bwrap, Backend::InProcess] {
+        let sb = Sandbox::start(SandboxConfig {
+            backend,
+            ..SandboxConfig::default()
+        })
+        .await;
+        match sb.status() {
+            Status::Enabled => sandboxes.push((backend.as_str(), sb)),
+            other => println!("{} backend skipped: {other:?}", backend.as_str()),
+        }
+    }
+    if sandboxes.is_empty() {
+        return Err("no sandbox backend works here".to_owned());
     }
     let none = Sandbox::new(SandboxConfig {
         mode: Mode::None,
@@ -75,7 +88,7 @@ async fn main() -> Result<(), String> {
     let project: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/py-inventory");
     copy_tree(&project, &scratch).map_err(|e| format!("copying {}: {e}", project.display()))?;
-    // The same interpreter on both sides: the host's PATH may put a slower shim (pyenv) first,
+    // The same interpreter on every side: the host's PATH may put a slower shim (pyenv) first,
     // which the sandbox does not show.
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".to_owned());
     let mut unittest = CommandSpec::new(format!("{python} -m unittest -q"), &scratch);
@@ -86,32 +99,41 @@ async fn main() -> Result<(), String> {
     ];
 
     println!(
-        "| command | runs | median without (ms) | median with bwrap (ms) | added (ms) | ratio |"
+        "| command | backend | runs | median without (ms) | median with (ms) | added (ms) | ratio |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut worst_added = 0.0_f64;
     for (name, spec) in &cases {
-        // One warm-up each (page cache, first bwrap).
+        // One warm-up each (page cache, first namespace).
         time(&none, spec).await?;
-        time(&bwrap, spec).await?;
-        let (mut without, mut with) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (_, sb) in &sandboxes {
+            time(sb, spec).await?;
+        }
+        let mut without = Vec::with_capacity(n);
+        let mut with: Vec<Vec<Duration>> =
+            sandboxes.iter().map(|_| Vec::with_capacity(n)).collect();
         for i in 0..n {
-            // Alternate which goes first, so neither side always runs on a warmer cache.
+            // Alternate which goes first, so no side always runs on a warmer cache.
             if i.is_multiple_of(2) {
                 without.push(time(&none, spec).await?);
-                with.push(time(&bwrap, spec).await?);
-            } else {
-                with.push(time(&bwrap, spec).await?);
+            }
+            for ((_, sb), times) in sandboxes.iter().zip(with.iter_mut()) {
+                times.push(time(sb, spec).await?);
+            }
+            if !i.is_multiple_of(2) {
                 without.push(time(&none, spec).await?);
             }
         }
-        let (a, b) = (median(without), median(with));
-        worst_added = worst_added.max(b - a);
-        println!(
-            "| `{name}` | {n} | {a:.1} | {b:.1} | {:.1} | {:.2}× |",
-            b - a,
-            b / a
-        );
+        let a = median(without);
+        for ((label, _), times) in sandboxes.iter().zip(with) {
+            let b = median(times);
+            worst_added = worst_added.max(b - a);
+            println!(
+                "| `{name}` | {label} | {n} | {a:.1} | {b:.1} | {:.1} | {:.2}× |",
+                b - a,
+                b / a
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let verdict = if worst_added <= 20.0 {

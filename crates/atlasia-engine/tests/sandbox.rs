@@ -1,8 +1,10 @@
 //! The sandbox with real `bwrap` and real `sh` subprocesses: what a command can see and do
 //! (each test reproduces one attack from issue 9 and asserts the safe outcome), the limits,
 //! exit codes, timeouts and cancellation that kill everything, the scrubbed environment, the
-//! output cap, and the `none` / unavailable modes. bubblewrap must be installed: these tests
-//! fail (never skip) without it.
+//! output cap, and the `none` / unavailable modes. Every attack test runs twice, against
+//! bubblewrap (`bwrap_backend::*`) and against the in-process backend (`inprocess_backend::*`,
+//! see [`on_both_backends!`]). bubblewrap must be installed: these tests fail (never skip)
+//! without it, as they do when the in-process backend cannot create namespaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::MetadataExt;
@@ -10,22 +12,56 @@ use std::path::Path;
 use std::time::Duration;
 
 use atlasia_engine::sandbox::{
-    CommandOutcome, CommandSpec, Limits, Mode, Sandbox, SandboxConfig, SandboxError, Status,
+    Backend, CommandOutcome, CommandSpec, Limits, Mode, Sandbox, SandboxConfig, SandboxError,
+    Status,
 };
 
-/// The real sandbox; panics (never skips) when bubblewrap does not work here.
-async fn bwrap_with(config: SandboxConfig) -> Sandbox {
-    let sandbox = Sandbox::start(config).await;
+/// Generates, for each named `async fn name(backend: Backend)`, one test per backend:
+/// `bwrap_backend::name` and `inprocess_backend::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod bwrap_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Bwrap).await
+                }
+            )*
+        }
+        mod inprocess_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::InProcess).await
+                }
+            )*
+        }
+    };
+}
+
+/// The real sandbox on `backend`; panics (never skips) when that backend does not work here.
+async fn sandboxed_with(backend: Backend, config: SandboxConfig) -> Sandbox {
+    let sandbox = Sandbox::start(SandboxConfig { backend, ..config }).await;
     assert_eq!(
         sandbox.status(),
         &Status::Enabled,
-        "these tests need a working bubblewrap (apt-get install bubblewrap)"
+        "the {} backend does not work here (bwrap: apt-get install bubblewrap)",
+        backend.as_str()
     );
+    assert_eq!(sandbox.backend(), Some(backend));
     sandbox
 }
 
-async fn bwrap() -> Sandbox {
-    bwrap_with(SandboxConfig::default()).await
+async fn sandboxed(backend: Backend) -> Sandbox {
+    sandboxed_with(backend, SandboxConfig::default()).await
+}
+
+/// A `sleep` marker unique to the backend, so that both variants of a test can run at once.
+fn marker(backend: Backend, n: u32) -> String {
+    match backend {
+        Backend::InProcess => (n + 5000).to_string(),
+        _ => n.to_string(),
+    }
 }
 
 fn unsandboxed() -> Sandbox {
@@ -89,9 +125,8 @@ async fn survivors(marker: &str) -> Vec<u32> {
     }
 }
 
-#[tokio::test]
-async fn exit_codes() {
-    let sb = bwrap().await;
+async fn exit_codes(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let ok = sh(&sb, "echo hello", dir.path()).await;
     assert_eq!(ok.exit_code, Some(0));
@@ -105,9 +140,8 @@ async fn exit_codes() {
     assert_eq!(fail.output_tail, "oops\n");
 }
 
-#[tokio::test]
-async fn stdout_and_stderr_interleave_in_order() {
-    let sb = bwrap().await;
+async fn stdout_and_stderr_interleave_in_order(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let out = sh(&sb, "echo one; echo two >&2; echo three", dir.path()).await;
     assert_eq!(out.output_tail, "one\ntwo\nthree\n");
@@ -130,9 +164,8 @@ async fn timeout_kills_everything(sb: Sandbox, marker: &str) {
     assert!(left.is_empty(), "still running: {left:?}");
 }
 
-#[tokio::test]
-async fn timeout_kills_everything_the_command_started() {
-    timeout_kills_everything(bwrap().await, "1001").await;
+async fn timeout_kills_everything_the_command_started(backend: Backend) {
+    timeout_kills_everything(sandboxed(backend).await, &marker(backend, 1001)).await;
 }
 
 #[tokio::test]
@@ -149,11 +182,11 @@ async fn timeout_kills_the_whole_group_without_the_sandbox() {
     assert!(survivors("1002").await.is_empty());
 }
 
-#[tokio::test]
-async fn cancel_kills_everything_the_command_started() {
-    let sb = bwrap().await;
+async fn cancel_kills_everything_the_command_started(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
-    let cmd = "sleep 1003 & sh -c 'sleep 1003' & echo started; sleep 1003";
+    let m = marker(backend, 1003);
+    let cmd = format!("sleep {m} & sh -c 'sleep {m}' & echo started; sleep {m}");
     let cancel = tokio_util::sync::CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -163,7 +196,7 @@ async fn cancel_kills_everything_the_command_started() {
     let started = std::time::Instant::now();
     let out = sb
         .run_until(
-            &spec(cmd, dir.path()),
+            &spec(&cmd, dir.path()),
             Duration::from_secs(600),
             1024,
             &cancel,
@@ -171,7 +204,7 @@ async fn cancel_kills_everything_the_command_started() {
         .await;
     assert!(matches!(out, Err(SandboxError::Cancelled)), "{out:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let left = survivors("1003").await;
+    let left = survivors(&m).await;
     assert!(left.is_empty(), "still running: {left:?}");
     // An already cancelled token runs nothing.
     let never = sb
@@ -186,21 +219,21 @@ async fn cancel_kills_everything_the_command_started() {
     assert!(!dir.path().join("ran").exists());
 }
 
-#[tokio::test]
-async fn background_leftovers_do_not_outlive_a_finished_command() {
-    let sb = bwrap().await;
+async fn background_leftovers_do_not_outlive_a_finished_command(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
+    let m = marker(backend, 1004);
     let out = sh(
         &sb,
-        "sleep 1004 & setsid sleep 1004 & echo done",
+        &format!("sleep {m} & setsid sleep {m} & echo done"),
         dir.path(),
     )
     .await;
     assert_eq!(out.exit_code, Some(0));
     assert_eq!(out.output_tail, "done\n");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let left = survivors("1004").await;
+    let left = survivors(&m).await;
     assert!(left.is_empty(), "still running: {left:?}");
 }
 
@@ -217,9 +250,8 @@ fn sleeper_scan_sees_live_processes() {
     assert_eq!(found, vec![child.id()]);
 }
 
-#[tokio::test]
-async fn secret_variables_are_scrubbed() {
-    let sb = bwrap().await;
+async fn secret_variables_are_scrubbed(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec("env", dir.path());
     s.env_allow = vec!["MY_API_KEY".into(), "USER_VISIBLE".into()];
@@ -255,8 +287,7 @@ async fn unsandboxed_home_is_a_scratch_dir_removed_afterwards() {
     assert!(!Path::new(&home).exists());
 }
 
-#[test]
-fn inherited_secrets_are_invisible_even_through_proc() {
+async fn inherited_secrets_are_invisible_even_through_proc(backend: Backend) {
     // Setting variables in this process needs `unsafe` (edition 2024), which the workspace
     // forbids; so run this test binary again as a child with secrets in its environment, and
     // let the child run the sandbox (see `child_sees_no_secret`).
@@ -271,7 +302,7 @@ fn inherited_secrets_are_invisible_even_through_proc() {
             "--nocapture",
             "--include-ignored",
         ])
-        .env("ATLASIA_SANDBOX_CHILD", "1")
+        .env("ATLASIA_SANDBOX_CHILD", backend.as_str())
         .env("MY_API_KEY", "x-secret-value")
         .env("SOME_TOKEN", "t-secret-value")
         .env("ORCHESTRATOR_TOKEN", "orchestrator-secret-value")
@@ -291,7 +322,11 @@ fn inherited_secrets_are_invisible_even_through_proc() {
 #[ignore = "run by inherited_secrets_are_invisible_even_through_proc in a child process"]
 async fn child_sees_no_secret() {
     assert_eq!(std::env::var("MY_API_KEY").as_deref(), Ok("x-secret-value"));
-    let sb = bwrap().await;
+    let backend = match std::env::var("ATLASIA_SANDBOX_CHILD").as_deref() {
+        Ok("inprocess") => Backend::InProcess,
+        _ => Backend::Bwrap,
+    };
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec(
         "env; tr '\\0' '\\n' < /proc/$PPID/environ; cat /proc/1/environ /proc/*/environ; \
@@ -325,9 +360,8 @@ async fn child_sees_no_secret() {
     assert_ne!(out.exit_code, Some(0), "pid {me} visible");
 }
 
-#[tokio::test]
-async fn tmp_is_private() {
-    let sb = bwrap().await;
+async fn tmp_is_private(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let unique = format!("atlasia-sandbox-test-{}-{}", std::process::id(), line!());
     let host = tempfile::Builder::new()
@@ -347,9 +381,8 @@ async fn tmp_is_private() {
     assert!(!Path::new("/tmp").join(&unique).exists());
 }
 
-#[tokio::test]
-async fn only_the_worktree_is_writable() {
-    let sb = bwrap().await;
+async fn only_the_worktree_is_writable(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let wt = dir.path().join("wt");
     std::fs::create_dir(&wt).unwrap();
@@ -391,9 +424,8 @@ fn git(dir: &Path, args: &[&str]) {
     );
 }
 
-#[tokio::test]
-async fn git_dir_is_read_only_but_git_status_works() {
-    let sb = bwrap().await;
+async fn git_dir_is_read_only_but_git_status_works(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
@@ -440,9 +472,8 @@ async fn git_dir_is_read_only_but_git_status_works() {
     assert!(!repo.join(".git/hooks/post-commit").exists());
 }
 
-#[tokio::test]
-async fn network_is_off_unless_the_repository_opts_in() {
-    let sb = bwrap().await;
+async fn network_is_off_unless_the_repository_opts_in(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -466,9 +497,8 @@ async fn network_is_off_unless_the_repository_opts_in() {
     );
 }
 
-#[tokio::test]
-async fn killing_the_parent_does_not_reach_the_host() {
-    let sb = bwrap().await;
+async fn killing_the_parent_does_not_reach_the_host(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let me = std::process::id();
     let out = sh(
@@ -483,8 +513,7 @@ async fn killing_the_parent_does_not_reach_the_host() {
     assert!(std::fs::metadata(format!("/proc/{me}")).is_ok());
 }
 
-#[tokio::test]
-async fn the_data_directory_and_hidden_paths_are_not_visible() {
+async fn the_data_directory_and_hidden_paths_are_not_visible(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("atlasia.db"), "SECRET-DB").unwrap();
     let wt = data.path().join("worktrees").join("run-1");
@@ -504,14 +533,17 @@ async fn the_data_directory_and_hidden_paths_are_not_visible() {
     std::fs::write(etc_dir.join("atlasia.toml"), "token = 'SECRET-CONFIG'").unwrap();
     let etc_file = shown.join(format!("atlasia-sandbox-key-{}", std::process::id()));
     std::fs::write(&etc_file, "SECRET-KEY").unwrap();
-    let sb = bwrap_with(SandboxConfig {
-        hide: vec![
-            data.path().canonicalize().unwrap(),
-            etc_dir.clone(),
-            etc_file.clone(),
-        ],
-        ..SandboxConfig::default()
-    })
+    let sb = sandboxed_with(
+        backend,
+        SandboxConfig {
+            hide: vec![
+                data.path().canonicalize().unwrap(),
+                etc_dir.clone(),
+                etc_file.clone(),
+            ],
+            ..SandboxConfig::default()
+        },
+    )
     .await;
     let d = data.path().canonicalize().unwrap();
     let out = sh(
@@ -536,18 +568,20 @@ async fn the_data_directory_and_hidden_paths_are_not_visible() {
     assert!(text.starts_with("worktrees\nrun-1\n"), "{text}");
 }
 
-#[tokio::test]
-async fn limits_bite() {
-    let sb = bwrap_with(SandboxConfig {
-        limits: Limits {
-            memory_mb: 256,
-            processes: 64,
-            file_size_mb: 1,
-            open_files: 32,
-            tmp_size_mb: 2,
+async fn limits_bite(backend: Backend) {
+    let sb = sandboxed_with(
+        backend,
+        SandboxConfig {
+            limits: Limits {
+                memory_mb: 256,
+                processes: 64,
+                file_size_mb: 1,
+                open_files: 32,
+                tmp_size_mb: 2,
+            },
+            ..SandboxConfig::default()
         },
-        ..SandboxConfig::default()
-    })
+    )
     .await;
     let dir = tempfile::tempdir().unwrap();
     // File size: a 2 MB file stops at 1 MiB.
@@ -616,9 +650,8 @@ except OSError as e:
     }
 }
 
-#[tokio::test]
-async fn commands_run_unprivileged_when_the_server_is_root() {
-    let sb = bwrap().await;
+async fn commands_run_unprivileged_when_the_server_is_root(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let out = sh(&sb, "id -u; touch made-here", dir.path()).await;
     assert!(out.success(), "{}", out.output_tail);
@@ -638,9 +671,8 @@ async fn commands_run_unprivileged_when_the_server_is_root() {
     }
 }
 
-#[tokio::test]
-async fn the_build_cache_is_writable() {
-    let sb = bwrap().await;
+async fn the_build_cache_is_writable(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let wt = dir.path().join("wt");
     std::fs::create_dir(&wt).unwrap();
@@ -659,6 +691,7 @@ async fn the_build_cache_is_writable() {
 async fn an_unusable_sandbox_refuses_commands() {
     let dir = tempfile::tempdir().unwrap();
     let missing = Sandbox::start(SandboxConfig {
+        backend: Backend::Bwrap,
         bwrap_path: "/nonexistent/bwrap".into(),
         ..SandboxConfig::default()
     })
@@ -680,6 +713,7 @@ async fn an_unusable_sandbox_refuses_commands() {
     assert!(!dir.path().join("ran").exists());
     // A binary that exists but cannot sandbox fails the start-up probe.
     let broken = Sandbox::start(SandboxConfig {
+        backend: Backend::Bwrap,
         bwrap_path: "/bin/false".into(),
         ..SandboxConfig::default()
     })
@@ -689,6 +723,94 @@ async fn an_unusable_sandbox_refuses_commands() {
         "{:?}",
         broken.status()
     );
+}
+
+async fn a_command_dies_with_the_server(backend: Backend) {
+    // The "server" is this test binary run again as a child; it starts a long command, then
+    // is SIGKILLed mid-command (no destructor runs): the command must not outlive it.
+    if std::env::var("ATLASIA_SANDBOX_CHILD").is_ok() {
+        return;
+    }
+    let m = marker(backend, 1005);
+    let mut server = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_runs_a_long_command",
+            "--exact",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env("ATLASIA_SANDBOX_CHILD", backend.as_str())
+        .env("ATLASIA_SANDBOX_MARKER", &m)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sleepers(&m).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let left = survivors(&m).await;
+    assert!(
+        left.is_empty(),
+        "still running after the server died: {left:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by a_command_dies_with_the_server in a child process"]
+async fn child_runs_a_long_command() {
+    let backend = match std::env::var("ATLASIA_SANDBOX_CHILD").as_deref() {
+        Ok("inprocess") => Backend::InProcess,
+        _ => Backend::Bwrap,
+    };
+    let m = std::env::var("ATLASIA_SANDBOX_MARKER").unwrap();
+    let sb = sandboxed(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _ = sb
+        .run(
+            &spec(&format!("sleep {m} & sleep {m}"), dir.path()),
+            Duration::from_secs(60),
+            1024,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn without_bwrap_auto_falls_back_to_the_in_process_backend() {
+    // A fresh machine: no bubblewrap (here: a missing `bwrap_path`, or one that cannot sandbox).
+    for bwrap_path in ["/nonexistent/bwrap", "/bin/false"] {
+        let sb = Sandbox::start(SandboxConfig {
+            bwrap_path: bwrap_path.into(),
+            ..SandboxConfig::default()
+        })
+        .await;
+        assert_eq!(sb.status(), &Status::Enabled, "{bwrap_path}");
+        assert_eq!(sb.backend(), Some(Backend::InProcess));
+        assert_eq!(sb.label(), "inprocess");
+        assert_eq!(sb.bwrap_binary(), None);
+        let dir = tempfile::tempdir().unwrap();
+        // Isolated: its own PID namespace, where this process does not exist.
+        let me = std::process::id();
+        let out = sh(
+            &sb,
+            &format!("test ! -e /proc/{me} && ls /proc | grep -c '^[0-9]'"),
+            dir.path(),
+        )
+        .await;
+        assert!(out.success(), "{}", out.output_tail);
+        let count: u32 = out.output_tail.trim().parse().unwrap();
+        assert!(count < 6, "{}", out.output_tail);
+    }
+    // The default prefers a working bubblewrap.
+    let sb = Sandbox::start(SandboxConfig::default()).await;
+    assert_eq!(sb.backend(), Some(Backend::Bwrap));
+    assert_eq!(sb.label(), "bwrap");
 }
 
 #[tokio::test]
@@ -709,9 +831,8 @@ async fn mode_none_runs_on_the_host() {
     assert!(out.success());
 }
 
-#[tokio::test]
-async fn cwd_is_respected() {
-    let sb = bwrap().await;
+async fn cwd_is_respected(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("marker.txt"), "here").unwrap();
     let out = sh(&sb, "pwd; cat marker.txt", dir.path()).await;
@@ -728,9 +849,8 @@ async fn cwd_is_respected() {
     assert!(matches!(missing, Err(SandboxError::Cwd(_))));
 }
 
-#[tokio::test]
-async fn large_output_keeps_the_tail_without_deadlock() {
-    let sb = bwrap().await;
+async fn large_output_keeps_the_tail_without_deadlock(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     // ~5 MB on stdout and some on stderr, then a recognisable last line.
     let cmd = "head -c 5000000 /dev/zero | tr '\\0' 'a'; head -c 100000 /dev/zero | tr '\\0' 'b' >&2; echo; echo THE-END";
@@ -754,9 +874,8 @@ async fn large_output_keeps_the_tail_without_deadlock() {
     assert_eq!(body.len(), 100);
 }
 
-#[tokio::test]
-async fn tail_cut_never_splits_a_character() {
-    let sb = bwrap().await;
+async fn tail_cut_never_splits_a_character(backend: Backend) {
+    let sb = sandboxed(backend).await;
     let dir = tempfile::tempdir().unwrap();
     // "é" is two bytes: an odd cap lands inside one.
     let out = sb
@@ -771,3 +890,26 @@ async fn tail_cut_never_splits_a_character() {
     assert_eq!(body, "éé");
     assert!(!out.output_tail.contains('\u{FFFD}'));
 }
+
+on_both_backends!(
+    a_command_dies_with_the_server,
+    timeout_kills_everything_the_command_started,
+    inherited_secrets_are_invisible_even_through_proc,
+    exit_codes,
+    stdout_and_stderr_interleave_in_order,
+    cancel_kills_everything_the_command_started,
+    background_leftovers_do_not_outlive_a_finished_command,
+    secret_variables_are_scrubbed,
+    tmp_is_private,
+    only_the_worktree_is_writable,
+    git_dir_is_read_only_but_git_status_works,
+    network_is_off_unless_the_repository_opts_in,
+    killing_the_parent_does_not_reach_the_host,
+    the_data_directory_and_hidden_paths_are_not_visible,
+    limits_bite,
+    commands_run_unprivileged_when_the_server_is_root,
+    the_build_cache_is_writable,
+    cwd_is_respected,
+    large_output_keeps_the_tail_without_deadlock,
+    tail_cut_never_splits_a_character,
+);

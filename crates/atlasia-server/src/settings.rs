@@ -40,6 +40,9 @@ pub struct Settings {
 pub struct SandboxSettings {
     /// `bwrap` (default) or `none` (no isolation: an explicit opt-out, warned about).
     pub mode: SandboxMode,
+    /// Which isolation `bwrap` mode uses: `auto` (system bubblewrap when it works, else
+    /// in-process namespaces), `bwrap` or `inprocess` only.
+    pub backend: SandboxBackend,
     /// The bubblewrap binary; a bare name is looked up in `PATH`.
     pub bwrap_path: PathBuf,
     /// Address space per command process, MiB.
@@ -61,6 +64,16 @@ pub struct SandboxSettings {
     pub config_file: Option<PathBuf>,
 }
 
+/// `sandbox.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxBackend {
+    #[default]
+    Auto,
+    Bwrap,
+    Inprocess,
+}
+
 /// `sandbox.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +88,7 @@ impl Default for SandboxSettings {
         let c = atlasia_engine::sandbox::SandboxConfig::default();
         Self {
             mode: SandboxMode::Bwrap,
+            backend: SandboxBackend::Auto,
             bwrap_path: c.bwrap_path,
             memory_mb: c.limits.memory_mb,
             max_processes: c.limits.processes,
@@ -92,7 +106,7 @@ impl Settings {
     /// What the engine's sandbox needs: the mode, the limits, and the paths it must never show
     /// (the data directory, the settings file, the GitHub App key).
     pub fn sandbox_config(&self) -> atlasia_engine::sandbox::SandboxConfig {
-        use atlasia_engine::sandbox::{Limits, Mode, SandboxConfig};
+        use atlasia_engine::sandbox::{Backend, Limits, Mode, SandboxConfig};
         let s = &self.sandbox;
         let mut hide = vec![self.storage.data_dir.clone()];
         hide.extend(s.config_file.clone());
@@ -109,6 +123,11 @@ impl Settings {
             mode: match s.mode {
                 SandboxMode::Bwrap => Mode::Bwrap,
                 SandboxMode::None => Mode::None,
+            },
+            backend: match s.backend {
+                SandboxBackend::Auto => Backend::Auto,
+                SandboxBackend::Bwrap => Backend::Bwrap,
+                SandboxBackend::Inprocess => Backend::InProcess,
             },
             bwrap_path: s.bwrap_path.clone(),
             limits: Limits {

@@ -100,11 +100,11 @@ async fn sandbox(settings: &Settings) -> Finding {
             Level::Ok,
             "sandbox",
             format!(
-                "bubblewrap at {}: a command ran isolated in {ms:.0} ms ({})",
-                sandbox
-                    .bwrap_binary()
-                    .unwrap_or(&settings.sandbox.bwrap_path)
-                    .display(),
+                "{}: a command ran isolated in {ms:.0} ms ({})",
+                match sandbox.bwrap_binary() {
+                    Some(bwrap) => format!("bubblewrap at {}", bwrap.display()),
+                    None => "in-process namespaces (no bubblewrap needed)".to_owned(),
+                },
                 o.output_tail
                     .split_whitespace()
                     .collect::<Vec<_>>()

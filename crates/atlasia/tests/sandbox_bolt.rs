@@ -3,7 +3,9 @@
 //! reading the server's environment through `/proc`, writing to the host's `/tmp`, killing the
 //! server — and end with no secret in what a viewer reads, no trace on the host and the server
 //! alive. Plus: `sandbox.mode = "none"` and an unusable sandbox shown by readiness, metrics and
-//! `atlasia doctor`; an unusable sandbox makes the TESTER step escalate with the reason.
+//! `atlasia doctor`; an unusable sandbox makes the TESTER step escalate with the reason. And the
+//! path with nothing installed: without bubblewrap the same hostile bolt runs in the in-process
+//! backend and ends DONE.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -61,6 +63,19 @@ on_both! {
     an_unusable_sandbox_escalates_the_tester => an_unusable_sandbox_escalates_the_tester;
     mode_none_is_visible_in_ready_metrics_and_doctor => mode_none_is_visible_in_ready_metrics_and_doctor;
     the_repository_can_opt_in_to_the_network => the_repository_can_opt_in_to_the_network;
+    without_bubblewrap_a_bolt_runs_sandboxed_in_process => without_bubblewrap_a_bolt_runs_sandboxed_in_process;
+}
+
+/// A fresh machine: no bubblewrap (`sandbox.bwrap_path` names a missing file, backend `auto`).
+/// Readiness and metrics name the in-process backend, and the hostile bolt of
+/// [`hostile_verify_commands_leak_nothing_and_harm_nothing`] ends DONE, leaking nothing.
+async fn without_bubblewrap_a_bolt_runs_sandboxed_in_process(db: Db) {
+    hostile_bolt(
+        db,
+        &[("ATLASIA_SANDBOX__BWRAP_PATH", "/nonexistent/bwrap")],
+        "inprocess",
+    )
+    .await;
 }
 
 /// `[sandbox] network = true` in the committed `.atlasia.toml` gives the verify commands the
@@ -95,6 +110,11 @@ async fn the_repository_can_opt_in_to_the_network(db: Db) {
 }
 
 async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
+    hostile_bolt(db, &[], "bwrap").await;
+}
+
+/// A bolt whose verify commands attack the server ends DONE with the sandbox `label` in use.
+async fn hostile_bolt(db: Db, extra: &[(&str, &str)], label: &str) {
     let unique = format!("atlasia-escape-{}", uuid::Uuid::now_v7().simple());
     let repo = repo_with_verify(&[
         // The server's environment, every way /proc offers it.
@@ -106,7 +126,11 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
         "kill -9 $PPID; kill -9 1; echo still-here".into(),
     ]);
     let sim = Sim::start(&[]).await;
-    let mut srv = server(db, &sim, &[]).await;
+    let mut srv = server(db, &sim, extra).await;
+    let (_, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
+    let check = &ready["checks"]["sandbox"];
+    assert_eq!(check["detail"]["mode"], label, "{ready}");
+    assert_eq!(check["detail"]["state"], "ok", "{ready}");
     let run = srv
         .create_run(json!({
             "repo": repo.path().display().to_string(), "title": "add() subtracts",
@@ -154,7 +178,10 @@ async fn an_unusable_sandbox_escalates_the_tester(db: Db) {
     let srv = server(
         db,
         &sim,
-        &[("ATLASIA_SANDBOX__BWRAP_PATH", "/nonexistent/bwrap")],
+        &[
+            ("ATLASIA_SANDBOX__BWRAP_PATH", "/nonexistent/bwrap"),
+            ("ATLASIA_SANDBOX__BACKEND", "bwrap"),
+        ],
     )
     .await;
     let (s, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
@@ -209,11 +236,20 @@ async fn an_unusable_sandbox_escalates_the_tester(db: Db) {
 
 async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
     let sim = Sim::start(&[]).await;
-    for (mode, label, enabled, state) in [
-        ("none", "none", "0", "degraded"),
-        ("bwrap", "bwrap", "1", "ok"),
+    for (mode, backend, label, enabled, state) in [
+        ("none", "auto", "none", "0", "degraded"),
+        ("bwrap", "auto", "bwrap", "1", "ok"),
+        ("bwrap", "inprocess", "inprocess", "1", "ok"),
     ] {
-        let srv = server(db, &sim, &[("ATLASIA_SANDBOX__MODE", mode)]).await;
+        let srv = server(
+            db,
+            &sim,
+            &[
+                ("ATLASIA_SANDBOX__MODE", mode),
+                ("ATLASIA_SANDBOX__BACKEND", backend),
+            ],
+        )
+        .await;
         let (s, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
         assert_eq!(s, StatusCode::OK, "{ready}");
         assert_eq!(
@@ -257,6 +293,7 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
                 ("DB_URL", srv.db.url.as_str()),
                 ("ATLASIA_STORAGE__DATA_DIR", data_dir.as_str()),
                 ("ATLASIA_SANDBOX__MODE", mode),
+                ("ATLASIA_SANDBOX__BACKEND", backend),
             ],
         );
         let report = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -269,6 +306,12 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
         } else {
             assert!(line.starts_with("ok"), "{report}");
             assert!(line.contains("net=lo"), "{report}");
+            let named = if backend == "inprocess" {
+                "in-process"
+            } else {
+                "bubblewrap at"
+            };
+            assert!(line.contains(named), "{report}");
         }
     }
     // An unusable sandbox fails the doctor (exit 1).
@@ -280,6 +323,7 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
         &[
             ("ATLASIA_STORAGE__DATA_DIR", data_dir.as_str()),
             ("ATLASIA_SANDBOX__BWRAP_PATH", "/nonexistent/bwrap"),
+            ("ATLASIA_SANDBOX__BACKEND", "bwrap"),
         ],
     );
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -298,6 +342,7 @@ fn bad_sandbox_settings_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (var, value, key) in [
         ("ATLASIA_SANDBOX__MODE", "docker", "sandbox.mode"),
+        ("ATLASIA_SANDBOX__BACKEND", "docker", "sandbox.backend"),
         ("ATLASIA_SANDBOX__UID", "0", "sandbox.uid"),
         (
             "ATLASIA_SANDBOX__MAX_PROCESSES",

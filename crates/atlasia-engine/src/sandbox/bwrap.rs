@@ -14,12 +14,12 @@ pub const SANDBOX_HOME: &str = "/home/atlasia";
 
 /// System directories shown read-only (those that exist; merged-/usr symlinks are recreated
 /// as symlinks). Nothing else of the host is visible unless bound below.
-const SYSTEM_DIRS: [&str; 8] = [
+pub(super) const SYSTEM_DIRS: [&str; 8] = [
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
 ];
 
 /// Files of a toolchain home that hold credentials: masked with an empty file.
-const TOOLCHAIN_SECRETS: [&str; 2] = ["credentials.toml", "credentials"];
+pub(super) const TOOLCHAIN_SECRETS: [&str; 2] = ["credentials.toml", "credentials"];
 
 /// The helper binaries the sandbox runs, resolved at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,16 +141,7 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
         "--".into(),
     ]);
     if let Some(setpriv) = &tools.setpriv {
-        let (uid, gid) = config.run_as;
-        b.push([
-            setpriv.as_os_str().to_owned(),
-            format!("--reuid={uid}").into(),
-            format!("--regid={gid}").into(),
-            "--clear-groups".into(),
-            "--inh-caps=-all".into(),
-            "--bounding-set=-all".into(),
-            "--".into(),
-        ]);
+        b.push(drop_privileges(setpriv, config.run_as));
     }
     b.push([tools.prlimit.as_os_str().to_owned()]);
     b.push(rlimits(&config.limits));
@@ -161,6 +152,19 @@ pub fn args(tools: &Tools, config: &SandboxConfig, req: &Request<'_>) -> Vec<OsS
         OsString::from(req.command_line),
     ]);
     b.args
+}
+
+/// `setpriv … --` switching to `run_as` with no groups and no capabilities (for a root server).
+pub(super) fn drop_privileges(setpriv: &Path, (uid, gid): (u32, u32)) -> Vec<OsString> {
+    vec![
+        setpriv.as_os_str().to_owned(),
+        format!("--reuid={uid}").into(),
+        format!("--regid={gid}").into(),
+        "--clear-groups".into(),
+        "--inh-caps=-all".into(),
+        "--bounding-set=-all".into(),
+        "--".into(),
+    ]
 }
 
 /// `prlimit` options (soft = hard).
@@ -177,7 +181,7 @@ fn rlimits(l: &Limits) -> Vec<OsString> {
 
 /// For a linked worktree (`.git` is a file `gitdir: …/.git/worktrees/<name>`), the
 /// repository's common git directory, which holds the objects `git status` needs.
-fn linked_common_dir(dot_git: &Path) -> Option<PathBuf> {
+pub(super) fn linked_common_dir(dot_git: &Path) -> Option<PathBuf> {
     if !dot_git.is_file() {
         return None;
     }

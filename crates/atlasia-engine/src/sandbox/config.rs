@@ -1,12 +1,14 @@
-//! What the sandbox is told: the mode, where bubblewrap is, the resource limits, the host paths
-//! it must never show, and the unprivileged identity commands take when the server is root.
+//! What the sandbox is told: the mode, which backend isolates (bubblewrap or in-process
+//! namespaces), where bubblewrap is, the resource limits, the host paths it must never show, and
+//! the unprivileged identity commands take when the server is root.
 
 use std::path::PathBuf;
 
 /// How commands are isolated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// bubblewrap namespaces (the default); commands are refused when it does not work.
+    /// Sandboxed (the default): bubblewrap or in-process namespaces, per [`Backend`]; commands
+    /// are refused when neither works.
     #[default]
     Bwrap,
     /// No isolation: the operator's explicit opt-out (scrubbed environment and limits on time
@@ -20,6 +22,30 @@ impl Mode {
         match self {
             Self::Bwrap => "bwrap",
             Self::None => "none",
+        }
+    }
+}
+
+/// Which isolation `Mode::Bwrap` uses. Both apply the same policy (see `bwrap.rs` and
+/// `inprocess.rs`); the in-process one needs nothing installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The system's `bwrap` when it works, else in-process namespaces (the default).
+    #[default]
+    Auto,
+    /// Only bubblewrap.
+    Bwrap,
+    /// Only in-process namespaces (the `hakoniwa` crate): no external sandbox binary.
+    InProcess,
+}
+
+impl Backend {
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Bwrap => "bwrap",
+            Self::InProcess => "inprocess",
         }
     }
 }
@@ -54,8 +80,10 @@ impl Default for Limits {
 /// Everything the sandbox needs to know, fixed at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
-    /// `bwrap` or `none`.
+    /// `bwrap` (sandboxed) or `none`.
     pub mode: Mode,
+    /// Which isolation a sandboxed mode uses.
+    pub backend: Backend,
     /// The bubblewrap binary; a bare name is looked up in `PATH`.
     pub bwrap_path: PathBuf,
     /// Resource limits per command.
@@ -71,6 +99,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             mode: Mode::Bwrap,
+            backend: Backend::Auto,
             bwrap_path: PathBuf::from("bwrap"),
             limits: Limits::default(),
             hide: Vec::new(),

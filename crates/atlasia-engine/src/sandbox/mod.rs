@@ -1,18 +1,20 @@
 //! The sandbox every command a bolt runs goes through (the Tester's verify commands, the
-//! Developer's `run_command`): `sh -c` in the bolt's worktree inside bubblewrap namespaces (see
+//! Developer's `run_command`): `sh -c` in the bolt's worktree inside fresh namespaces (see
 //! [`bwrap`] for what is visible), with resource limits, an unprivileged uid when the server is
 //! root, a scrubbed environment, a timeout that kills everything the command started, and the
-//! output capped to its tail.
+//! output capped to its tail. Two backends apply that one policy: the system's bubblewrap
+//! ([`bwrap`]) and, with nothing installed, in-process namespaces ([`inprocess`]).
 //!
-//! [`Sandbox::start`] probes once that the sandbox works. When it does not (no `bwrap`, no
-//! namespaces) every command is refused with [`SandboxError::Unavailable`] unless the operator
-//! set `sandbox.mode = "none"` explicitly.
+//! [`Sandbox::start`] probes once that the sandbox works (by default bubblewrap first, then the
+//! in-process backend). When neither does, every command is refused with
+//! [`SandboxError::Unavailable`] unless the operator set `sandbox.mode = "none"` explicitly.
 
 pub mod bwrap;
 pub mod config;
+pub mod inprocess;
 mod owner;
 
-pub use config::{Limits, Mode, SandboxConfig};
+pub use config::{Backend, Limits, Mode, SandboxConfig};
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -122,7 +124,7 @@ pub enum SandboxError {
 /// Whether commands can run, as found at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
-    /// bubblewrap works: every command is isolated.
+    /// A backend works (see [`Sandbox::backend`]): every command is isolated.
     Enabled,
     /// `sandbox.mode = "none"`: commands run unisolated, by the operator's choice.
     Disabled,
@@ -130,13 +132,37 @@ pub enum Status {
     Unavailable(String),
 }
 
-impl Status {
-    /// A label from a closed set, for metrics and health: `bwrap`, `none`, `unavailable`.
-    pub fn label(&self) -> &'static str {
+/// The labels of [`Sandbox::label`].
+pub const LABELS: [&str; 4] = ["bwrap", "inprocess", "none", "unavailable"];
+
+/// The backend isolating commands, with what it resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Engine {
+    Bwrap(bwrap::Tools),
+    InProcess(inprocess::Tools),
+}
+
+impl Engine {
+    fn backend(&self) -> Backend {
         match self {
-            Self::Enabled => "bwrap",
-            Self::Disabled => "none",
-            Self::Unavailable(_) => "unavailable",
+            Self::Bwrap(_) => Backend::Bwrap,
+            Self::InProcess(_) => Backend::InProcess,
+        }
+    }
+
+    /// True when commands switch to the unprivileged uid (the server is root).
+    fn drops_privileges(&self) -> bool {
+        match self {
+            Self::Bwrap(t) => t.setpriv.is_some(),
+            Self::InProcess(t) => t.setpriv.is_some(),
+        }
+    }
+
+    /// How the backend is named in logs and the probe's errors.
+    fn describe(&self) -> String {
+        match self {
+            Self::Bwrap(t) => t.bwrap.display().to_string(),
+            Self::InProcess(_) => "the in-process sandbox".to_owned(),
         }
     }
 }
@@ -151,7 +177,7 @@ pub struct Sandbox {
 struct Inner {
     config: SandboxConfig,
     status: Status,
-    tools: Option<bwrap::Tools>,
+    engine: Option<Engine>,
     /// Extra writable directories already handed to the sandbox uid in this process.
     prepared: Mutex<HashSet<PathBuf>>,
 }
@@ -166,59 +192,92 @@ impl PartialEq for Sandbox {
 impl Eq for Sandbox {}
 
 impl Default for Sandbox {
-    /// bubblewrap with the default limits, its binaries resolved but not probed.
+    /// The default backend choice and limits, resolved but not probed.
     fn default() -> Self {
         Self::new(SandboxConfig::default())
     }
 }
 
 impl Sandbox {
-    /// Resolves the helper binaries for `config` without running anything; see [`Self::start`].
+    /// Resolves the backend for `config` without running anything (the first of
+    /// [`Backend::Auto`]'s candidates that resolves); see [`Self::start`].
     pub fn new(config: SandboxConfig) -> Self {
-        let (status, tools) = match config.mode {
+        let (status, engine) = match config.mode {
             Mode::None => (Status::Disabled, None),
-            Mode::Bwrap => match resolve_tools(&config) {
-                Ok(tools) => (Status::Enabled, Some(tools)),
-                Err(why) => (Status::Unavailable(why), None),
-            },
+            Mode::Bwrap => {
+                let mut reasons = Vec::new();
+                let mut found = None;
+                for backend in candidates(config.backend) {
+                    match resolve(&config, backend) {
+                        Ok(engine) => {
+                            found = Some(engine);
+                            break;
+                        }
+                        Err(why) => reasons.push(why),
+                    }
+                }
+                match found {
+                    Some(engine) => (Status::Enabled, Some(engine)),
+                    None => (Status::Unavailable(reasons.join("; ")), None),
+                }
+            }
         };
-        Self::with(config, status, tools)
+        Self::with(config, status, engine)
     }
 
-    fn with(config: SandboxConfig, status: Status, tools: Option<bwrap::Tools>) -> Self {
+    fn with(config: SandboxConfig, status: Status, engine: Option<Engine>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 status,
-                tools,
+                engine,
                 prepared: Mutex::new(HashSet::new()),
             }),
         }
     }
 
-    /// Resolves, then proves the sandbox works by running `true` in it once; logs the outcome
-    /// (a warning for `none` and for an unusable sandbox) and sets the `sandbox_enabled` and
+    /// Resolves, then proves the sandbox works by running `true` in it once — for
+    /// `backend = "auto"` bubblewrap first, then the in-process backend; logs the outcome (a
+    /// warning for `none` and for an unusable sandbox) and sets the `sandbox_enabled` and
     /// `sandbox_mode{mode}` gauges.
     pub async fn start(config: SandboxConfig) -> Self {
-        let sandbox = Self::new(config);
-        let sandbox = match sandbox.status() {
-            Status::Enabled => match sandbox.probe().await {
-                Ok(()) => sandbox,
-                Err(why) => {
-                    Self::with(sandbox.inner.config.clone(), Status::Unavailable(why), None)
+        let sandbox = match config.mode {
+            Mode::None => Self::new(config),
+            Mode::Bwrap => {
+                let mut reasons = Vec::new();
+                let mut found = None;
+                for backend in candidates(config.backend) {
+                    let engine = match resolve(&config, backend) {
+                        Ok(engine) => engine,
+                        Err(why) => {
+                            reasons.push(why);
+                            continue;
+                        }
+                    };
+                    let candidate = Self::with(config.clone(), Status::Enabled, Some(engine));
+                    match candidate.probe().await {
+                        Ok(()) => {
+                            found = Some(candidate);
+                            break;
+                        }
+                        Err(why) => reasons.push(why),
+                    }
                 }
-            },
-            _ => sandbox,
+                found.unwrap_or_else(|| {
+                    Self::with(config, Status::Unavailable(reasons.join("; ")), None)
+                })
+            }
         };
         match sandbox.status() {
             Status::Enabled => tracing::info!(
+                backend = sandbox.label(),
                 uid = sandbox
                     .inner
-                    .tools
+                    .engine
                     .as_ref()
-                    .and_then(|t| t.setpriv.as_ref())
+                    .filter(|e| e.drops_privileges())
                     .map(|_| sandbox.inner.config.run_as.0),
-                "command sandbox: bubblewrap works"
+                "command sandbox works"
             ),
             Status::Disabled => tracing::warn!(
                 "sandbox.mode = \"none\": commands of bolts run WITHOUT isolation, as this \
@@ -239,9 +298,28 @@ impl Sandbox {
         &self.inner.config
     }
 
-    /// The bubblewrap binary in use, when the sandbox is enabled.
+    /// The bubblewrap binary in use, when bubblewrap is the backend.
     pub fn bwrap_binary(&self) -> Option<&Path> {
-        self.inner.tools.as_ref().map(|t| t.bwrap.as_path())
+        match &self.inner.engine {
+            Some(Engine::Bwrap(t)) => Some(t.bwrap.as_path()),
+            _ => None,
+        }
+    }
+
+    /// The backend isolating commands (`Bwrap` or `InProcess`), when enabled.
+    pub fn backend(&self) -> Option<Backend> {
+        self.inner.engine.as_ref().map(Engine::backend)
+    }
+
+    /// A label from a closed set ([`LABELS`]), for metrics, health and the doctor: the backend
+    /// in use (`bwrap`, `inprocess`), `none` or `unavailable`.
+    pub fn label(&self) -> &'static str {
+        match (self.status(), self.backend()) {
+            (Status::Enabled, Some(Backend::InProcess)) => "inprocess",
+            (Status::Enabled, _) => "bwrap",
+            (Status::Disabled, _) => "none",
+            (Status::Unavailable(_), _) => "unavailable",
+        }
     }
 
     /// Whether commands can run.
@@ -250,11 +328,12 @@ impl Sandbox {
     }
 
     /// Sets `sandbox_enabled` (1 when commands are isolated) and `sandbox_mode{mode}` (1 for the
-    /// current of `bwrap`, `none`, `unavailable`).
+    /// current of `bwrap`, `inprocess`, `none`, `unavailable`).
     pub fn record_metrics(&self) {
-        let label = self.status().label();
-        metrics::gauge!("sandbox_enabled").set(if label == "bwrap" { 1.0 } else { 0.0 });
-        for mode in ["bwrap", "none", "unavailable"] {
+        let label = self.label();
+        let enabled = matches!(self.status(), Status::Enabled);
+        metrics::gauge!("sandbox_enabled").set(if enabled { 1.0 } else { 0.0 });
+        for mode in LABELS {
             metrics::gauge!("sandbox_mode", "mode" => mode).set(if mode == label {
                 1.0
             } else {
@@ -275,9 +354,9 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&dir);
         let bwrap = self
             .inner
-            .tools
+            .engine
             .as_ref()
-            .map_or_else(String::new, |t| t.bwrap.display().to_string());
+            .map_or_else(String::new, Engine::describe);
         match outcome {
             Ok(o) if o.success() => Ok(()),
             Ok(o) if o.timed_out => Err(format!(
@@ -320,7 +399,7 @@ impl Sandbox {
         if !spec.cwd.is_dir() {
             return Err(SandboxError::Cwd(spec.cwd.clone()));
         }
-        match (self.status(), &self.inner.tools) {
+        match (self.status(), &self.inner.engine) {
             (Status::Unavailable(why), _) => Err(SandboxError::Unavailable(why.clone())),
             (Status::Disabled, _) | (_, None) => {
                 let home = ScratchHome::create().map_err(SandboxError::Setup)?;
@@ -335,26 +414,54 @@ impl Sandbox {
                 drop(home);
                 out
             }
-            (Status::Enabled, Some(tools)) => {
-                let command = self.isolated(tools, spec)?;
-                execute(command, timeout, max_output, cancel).await
+            (Status::Enabled, Some(engine)) => {
+                let p = self.prepare(engine, spec)?;
+                let req = bwrap::Request {
+                    command_line: &spec.command_line,
+                    cwd: &p.cwd,
+                    writable: &p.writable,
+                    toolchains: &p.toolchains,
+                    network: spec.network,
+                };
+                match engine {
+                    Engine::Bwrap(tools) => {
+                        let mut command = tokio::process::Command::new(&tools.bwrap);
+                        command
+                            .args(bwrap::args(tools, &self.inner.config, &req))
+                            .current_dir(&p.cwd)
+                            .env_clear()
+                            .envs(p.env);
+                        execute(command, timeout, max_output, cancel).await
+                    }
+                    Engine::InProcess(tools) => {
+                        let container = inprocess::container(tools, &self.inner.config, &req)
+                            .map_err(|e| SandboxError::Setup(std::io::Error::other(e)))?;
+                        let (program, args) =
+                            inprocess::argv(tools, &self.inner.config, &spec.command_line);
+                        let job = inprocess::Job {
+                            container,
+                            program,
+                            args,
+                            env: p.env,
+                            cwd: p.cwd.clone(),
+                        };
+                        inprocess::execute(job, timeout, max_output, cancel).await
+                    }
+                }
             }
         }
     }
 
-    /// The bwrap command for `spec`, the trees it writes handed to the sandbox uid first.
-    fn isolated(
-        &self,
-        tools: &bwrap::Tools,
-        spec: &CommandSpec,
-    ) -> Result<tokio::process::Command, SandboxError> {
+    /// What both backends need for `spec`: canonical paths, the environment, the toolchain
+    /// homes, and the trees the command writes handed to the sandbox uid first.
+    fn prepare(&self, engine: &Engine, spec: &CommandSpec) -> Result<Prepared, SandboxError> {
         let cwd = spec.cwd.canonicalize().map_err(SandboxError::Setup)?;
         let mut writable = Vec::with_capacity(spec.writable.len());
         for dir in &spec.writable {
             std::fs::create_dir_all(dir).map_err(SandboxError::Setup)?;
             writable.push(dir.canonicalize().map_err(SandboxError::Setup)?);
         }
-        if tools.setpriv.is_some() {
+        if engine.drops_privileges() {
             let (uid, gid) = self.inner.config.run_as;
             owner::give_tree(&cwd, uid, gid).map_err(SandboxError::Setup)?;
             for dir in &writable {
@@ -385,21 +492,58 @@ impl Sandbox {
             .filter_map(|(_, value)| Path::new(value).canonicalize().ok())
             .filter(|p| p.is_dir())
             .collect();
-        let req = bwrap::Request {
-            command_line: &spec.command_line,
-            cwd: &cwd,
-            writable: &writable,
-            toolchains: &toolchains,
-            network: spec.network,
-        };
-        let mut command = tokio::process::Command::new(&tools.bwrap);
-        command
-            .args(bwrap::args(tools, &self.inner.config, &req))
-            .current_dir(&cwd)
-            .env_clear()
-            .envs(env);
-        Ok(command)
+        Ok(Prepared {
+            cwd,
+            writable,
+            toolchains,
+            env,
+        })
     }
+}
+
+/// [`Sandbox::prepare`]'s result.
+struct Prepared {
+    cwd: PathBuf,
+    writable: Vec<PathBuf>,
+    toolchains: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+/// The backends `backend` stands for, in the order they are tried.
+fn candidates(backend: Backend) -> Vec<Backend> {
+    match backend {
+        Backend::Auto => vec![Backend::Bwrap, Backend::InProcess],
+        other => vec![other],
+    }
+}
+
+/// Resolves one concrete backend; the error names it.
+fn resolve(config: &SandboxConfig, backend: Backend) -> Result<Engine, String> {
+    match backend {
+        Backend::InProcess => {
+            let setpriv = match owner::effective_uid() {
+                Some(0) | None => Some(helper("setpriv")?),
+                Some(_) => None,
+            };
+            let ids = match owner::effective_uid() {
+                Some(0) | None => None,
+                Some(uid) => Some((uid, owner::effective_gid().unwrap_or(uid))),
+            };
+            inprocess::resolve(helper("setsid")?, setpriv, ids)
+                .map(Engine::InProcess)
+                .map_err(|e| format!("in-process: {e}"))
+        }
+        Backend::Bwrap | Backend::Auto => resolve_tools(config).map(Engine::Bwrap),
+    }
+}
+
+/// A util-linux helper under the directories the sandbox shows.
+fn helper(name: &str) -> Result<PathBuf, String> {
+    HELPER_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("`{name}` (util-linux) is not installed"))
 }
 
 /// True when a variable name looks like it holds a credential.
@@ -428,13 +572,6 @@ fn resolve_tools(config: &SandboxConfig) -> Result<bwrap::Tools, String> {
                     config.bwrap_path.display()
                 )
             })?
-    };
-    let helper = |name: &str| {
-        HELPER_DIRS
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file())
-            .ok_or_else(|| format!("`{name}` (util-linux) is not installed"))
     };
     let prlimit = helper("prlimit")?;
     let setpriv = match owner::effective_uid() {

@@ -13,6 +13,11 @@ pub fn effective_uid() -> Option<u32> {
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
+/// The effective gid of this process (the group of `/proc/self`).
+pub fn effective_gid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.gid())
+}
+
 /// Gives every entry under `root` (and `root` itself) to `uid:gid`, symlinks included (never
 /// followed); a top-level `.git` is left alone. Entries that vanish meanwhile are skipped.
 pub fn give_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {

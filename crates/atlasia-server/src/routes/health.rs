@@ -117,7 +117,8 @@ fn check_disk(st: &AppState) -> Check {
     }
 }
 
-/// The command sandbox as probed at start: `ok` with bubblewrap, `degraded` with the reason when
+/// The command sandbox as probed at start: `ok` with a backend (`mode` names it: `bwrap` or
+/// `inprocess`), `degraded` with the reason when
 /// commands run unisolated (`sandbox.mode = "none"`) or are refused (unavailable).
 fn check_sandbox(st: &AppState) -> Check {
     use atlasia_engine::sandbox::Status;
@@ -135,7 +136,7 @@ fn check_sandbox(st: &AppState) -> Check {
         ok: reason.is_none(),
         latency_ms: 0.0,
         detail: Some(json!({
-            "mode": status.label(),
+            "mode": st.sandbox.label(),
             "state": if reason.is_none() { "ok" } else { "degraded" },
         })),
         reason,
