@@ -214,6 +214,17 @@ impl Budgets {
     pub fn forget_run(&self, run: &str) {
         self.shared.ledger().runs.remove(run);
     }
+
+    /// How many runs the ledger tracks now (each is forgotten when its worker lets go).
+    pub fn tracked_runs(&self) -> usize {
+        self.shared.ledger().runs.len()
+    }
+
+    /// The start of the current budget day (UTC midnight), in Unix milliseconds: spend recorded
+    /// since then counts against `per_day_usd`.
+    pub fn day_start_ms(&self) -> i64 {
+        (self.shared.today)().saturating_mul(86_400_000)
+    }
 }
 
 impl fmt::Debug for Budgets {
