@@ -709,8 +709,91 @@ async fn shutdown_deadline_is_honoured(db: Db) {
     post.abort();
 }
 
+/// Which endpoints served each agent of run `id`, from the ledger.
+fn providers_by_agent(
+    db: &TestDb,
+    id: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let out = db.sql_cli(&format!(
+        "SELECT agent, provider FROM llm_calls WHERE run_id = '{id}' GROUP BY agent, provider"
+    ));
+    let mut map = std::collections::BTreeMap::<_, std::collections::BTreeSet<_>>::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let (agent, provider) = line.trim().split_once('|').unwrap();
+        map.entry(agent.to_owned())
+            .or_default()
+            .insert(provider.to_owned());
+    }
+    map
+}
+
+/// `[agents.reviewer]` (the runbook's name) routes all four review personas; a persona's own
+/// section, written in its environment form, wins; every agent whose contract says
+/// `model_class: cheap` (the tester included) runs on `llm.cheap_model`.
+async fn agents_route_as_configured(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let tdb = TestDb::new(db).await;
+    let model = |name: &str| {
+        format!(
+            "[[llm.models]]\nname = \"{name}\"\n[[llm.models.endpoints]]\nname = \"{name}-ep\"\n\
+             base_url = \"{}\"\nmodel = \"sim-model\"\napi_key = \"sk-test-key\"\n",
+            sim.base
+        )
+    };
+    let config = format!(
+        "[llm]\ndefault_model = \"big\"\ncheap_model = \"small\"\n{}{}{}\
+         [agents.reviewer]\nllm_model = \"review\"\n",
+        model("big"),
+        model("small"),
+        model("review")
+    );
+    std::fs::write(tdb.dir.path().join("atlasia.toml"), config).unwrap();
+    let env = [
+        ("ATLASIA_ENGINE__WORKERS", "2"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+        ("ATLASIA_AGENTS__REVIEWER_SECURITY__LLM_MODEL", "big"),
+    ];
+    let srv = TestServer::start_with(tdb, &env).await;
+    let repo = calc_repo();
+    // A wrong fix first: the tests fail, so the tester agent is asked for its report.
+    let script = json!({"developer": [edit_to(WRONG_NEW), re_edit(WRONG_NEW, FIXED_NEW)]});
+    let run = srv
+        .create_run(json!({"repo": repo.path().display().to_string(),
+                           "title": "add() subtracts", "body": body(script)}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
+    // Three endpoints serve the unpriced `sim-model`: one warning, at start, not one per call.
+    let warnings = srv.log().matches("model has no price").count();
+    assert_eq!(warnings, 1, "{}", srv.log());
+    let served = providers_by_agent(&srv.db, id);
+    let expect = [
+        ("developer", "big-ep"),
+        ("architect", "big-ep"),
+        ("reviewer-security", "big-ep"),
+        ("reviewer-sre", "review-ep"),
+        ("reviewer-code-quality", "review-ep"),
+        ("reviewer-frontend-ux", "review-ep"),
+        ("pm", "small-ep"),
+        ("qualifier", "small-ep"),
+        ("tester", "small-ep"),
+        ("judge", "small-ep"),
+        ("writer", "small-ep"),
+    ];
+    for (agent, provider) in expect {
+        let got = served.get(agent);
+        assert_eq!(
+            got.map(|s| s.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec![provider]),
+            "{agent}: {served:?}"
+        );
+    }
+}
+
 on_both! {
     metrics => prometheus_exposition;
+    agents_route => agents_route_as_configured;
     metrics_after_bolt => metrics_after_a_bolt;
     failed_bolt_cost => a_failed_bolt_counts_its_cost;
     budgets_restart => budgets_survive_a_restart;
