@@ -407,6 +407,24 @@ async fn budgets_survive_a_restart(db: Db) {
     );
     let body = scrape(&srv).await;
     assert_eq!(sample(&body, "llm_budget_tracked_runs", &[]), Some(0.0));
+    // Escalated is not finished: a human may still PROCEED. ABORT finishes it (FAILED), and
+    // the bolt's cost is observed then, with what the ledger holds for it.
+    let observed = sample(&body, "llm_cost_per_bolt_count", &[]).unwrap_or(0.0);
+    assert_eq!(observed, 0.0, "an escalated bolt was observed as finished");
+    assert_eq!(esc["cost_usd"].as_f64(), Some(19.0), "{esc}");
+    let (s, v) = srv
+        .post(
+            &format!("/api/runs/{id}/escalation-decision"),
+            ADMIN_TOKEN,
+            &json!({"decision": "ABORT", "guidance": "over budget"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let body = scrape(&srv).await;
+    promtool_check(&body);
+    assert_outcomes(&body, 0.0, 1.0, 0.0);
+    assert_eq!(sample(&body, "llm_cost_per_bolt_count", &[]), Some(1.0));
+    assert_eq!(sample(&body, "llm_cost_per_bolt_sum", &[]), Some(19.0));
 }
 
 /// Latencies are labelled by route template; raw ids and unmatched paths never become labels.
