@@ -4,7 +4,7 @@
 //! those writes happens in this crate, so this is the one place that sees them all.
 //!
 //! ESCALATED and WAITING_GATE are not terminal: the run waits for a human and may go on; it is
-//! observed when it does end (ABORT → CANCELLED, or DONE/FAILED after PROCEED).
+//! observed when it does end (ABORT → FAILED, or DONE/FAILED after PROCEED).
 
 use atlasia_core::RunStatus;
 
