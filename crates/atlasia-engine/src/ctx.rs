@@ -71,6 +71,7 @@ impl StepCtx<'_> {
             run_budget_usd: self.run.budget_usd,
             cache_opt_in: false,
             step: Some(self.step.to_owned()),
+            cheap: contract.model_class == crate::contracts::ModelClass::Cheap,
         }
     }
 

@@ -5,7 +5,7 @@
 use atlasia_llm::{CallRecord, CallRecorder};
 use atlasia_store::{LlmCallRow, Store};
 use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,31 +16,44 @@ const BATCH: usize = 200;
 
 /// The recorder handed to the gateway.
 pub struct StoreRecorder {
-    tx: mpsc::Sender<CallRecord>,
+    tx: mpsc::Sender<Msg>,
+}
+
+/// What the writer task receives, in order.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every message is a record; boxing would allocate once per call"
+)]
+enum Msg {
+    Record(CallRecord),
+    /// Answered once everything received before it is written.
+    Flush(oneshot::Sender<()>),
 }
 
 impl StoreRecorder {
     /// Starts the writer task on `tracker`; it drains what is queued and stops on `shutdown`.
     pub fn spawn(store: Store, tracker: &TaskTracker, shutdown: CancellationToken) -> Self {
-        let (tx, mut rx) = mpsc::channel::<CallRecord>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         tracker.spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut waiting = Vec::new();
             loop {
                 let first = tokio::select! {
                     r = rx.recv() => r,
                     () = shutdown.cancelled() => None,
                 };
                 match first {
-                    Some(r) => batch.push(row(r)),
+                    Some(m) => take(m, &mut batch, &mut waiting),
                     None => {
-                        while let Ok(r) = rx.try_recv() {
-                            batch.push(row(r));
+                        while let Ok(m) = rx.try_recv() {
+                            take(m, &mut batch, &mut waiting);
                         }
                     }
                 }
-                while batch.len() < BATCH {
+                // A flush ends the batch: what came after it need not be written for it.
+                while batch.len() < BATCH && waiting.is_empty() {
                     match rx.try_recv() {
-                        Ok(r) => batch.push(row(r)),
+                        Ok(m) => take(m, &mut batch, &mut waiting),
                         Err(_) => break,
                     }
                 }
@@ -51,12 +64,23 @@ impl StoreRecorder {
                     }
                     batch.clear();
                 }
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
                 if shutdown.is_cancelled() && rx.is_empty() {
                     break;
                 }
             }
         });
         Self { tx }
+    }
+}
+
+/// Sorts one message into the batch or the flushes waiting for it.
+fn take(m: Msg, batch: &mut Vec<LlmCallRow>, waiting: &mut Vec<oneshot::Sender<()>>) {
+    match m {
+        Msg::Record(r) => batch.push(row(r)),
+        Msg::Flush(done) => waiting.push(done),
     }
 }
 
@@ -83,9 +107,31 @@ impl CallRecorder for StoreRecorder {
     fn record(&self, rec: CallRecord) -> BoxFuture<'static, ()> {
         let tx = self.tx.clone();
         Box::pin(async move {
-            if tx.send(rec).await.is_err() {
+            if tx.send(Msg::Record(rec)).await.is_err() {
                 tracing::warn!("llm_calls writer has stopped; a call record was not stored");
             }
         })
     }
+
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (done, written) = oneshot::channel();
+            // A stopped writer answers nothing: there is nothing left to wait for.
+            if tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = written.await;
+            }
+        })
+    }
+}
+
+/// Restores today's spend (since UTC midnight) from the `llm_calls` ledger into `budgets`, so a
+/// restart does not reset the day cap. A read failure is returned; the caller decides.
+pub async fn seed_today(
+    store: &Store,
+    budgets: &atlasia_llm::budget::Budgets,
+) -> Result<f64, atlasia_store::StoreError> {
+    let spent = store.llm_cost_since(budgets.day_start_ms()).await?;
+    budgets.seed_today(spent);
+    Ok(spent)
 }

@@ -250,6 +250,7 @@ impl Worker {
         );
         let id = run.id;
         self.progress(id).await;
+        self.seed_budget(id).await;
         let result = match self.steps(run, &held).await {
             // A write the database refuses will be refused again: retrying it after every
             // lease would loop forever, so the run fails with the reason instead.
@@ -266,6 +267,8 @@ impl Worker {
         held.cancel();
         // The heartbeat only ends on `held`; its result carries nothing.
         let _ = beat.await;
+        // Whoever drives the run next seeds its spend again from the ledger.
+        self.gateway.budgets().forget_run(&id.to_string());
         if shutdown.is_cancelled() {
             // Hand the run back now rather than after the lease expires, so the next process
             // resumes it at once; a no-op if the run already left our hands.
@@ -318,6 +321,9 @@ impl Worker {
             let result = bolt::execute(&ctx, &self.env).await?;
             metrics::histogram!("workflow_step_duration_seconds", "agent" => step)
                 .record(started.elapsed().as_secs_f64());
+            // The step's calls are in the ledger before the step's end rolls up the run's cost
+            // (and, at the bolt's end, observes `llm_cost_per_bolt`).
+            self.gateway.flush_records().await;
             let goes_on = self.record(&run, step, result).await?;
             self.progress(id).await;
             if !goes_on {
@@ -409,6 +415,16 @@ impl Worker {
                 tracing::info!(run = %id, %step, %reason, "bolt escalated");
                 Ok(false)
             }
+        }
+    }
+
+    /// Restores the run's spend from the `llm_calls` ledger, so its bolt budget holds across a
+    /// restart or a move to another worker. A read failure leaves the budget as it was (logged).
+    async fn seed_budget(&self, id: RunId) {
+        let run = id.to_string();
+        match self.store.llm_totals(Some(run.as_str())).await {
+            Ok(t) => self.gateway.budgets().seed_run(&run, t.cost_usd),
+            Err(e) => tracing::warn!(run = %id, error = %e, "could not read the run's spend"),
         }
     }
 

@@ -39,3 +39,23 @@ pub fn attempt(route: &'static str, outcome: &'static str, took: Duration) {
 pub fn error(error_type: &'static str) {
     counter!("github_api_errors_total", "error_type" => error_type).increment(1);
 }
+
+/// Every `error_type` of `github_api_errors_total` (see `GithubError::error_type`).
+pub const ERROR_TYPES: &[&str] = &[
+    "RATE_LIMIT",
+    "SERVER_ERROR",
+    "AUTH",
+    "NOT_FOUND",
+    "VALIDATION",
+    "NETWORK",
+    "TIMEOUT",
+    "CIRCUIT_OPEN",
+];
+
+/// Exposes `github_api_errors_total` at 0 for every error type, so `increase()` sees the
+/// first failure of a fresh process.
+pub fn zero() {
+    for &t in ERROR_TYPES {
+        counter!("github_api_errors_total", "error_type" => t).increment(0);
+    }
+}

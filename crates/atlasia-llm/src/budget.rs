@@ -214,6 +214,17 @@ impl Budgets {
     pub fn forget_run(&self, run: &str) {
         self.shared.ledger().runs.remove(run);
     }
+
+    /// How many runs the ledger tracks now (each is forgotten when its worker lets go).
+    pub fn tracked_runs(&self) -> usize {
+        self.shared.ledger().runs.len()
+    }
+
+    /// The start of the current budget day (UTC midnight), in Unix milliseconds: spend recorded
+    /// since then counts against `per_day_usd`.
+    pub fn day_start_ms(&self) -> i64 {
+        (self.shared.today)().saturating_mul(86_400_000)
+    }
 }
 
 impl fmt::Debug for Budgets {
@@ -479,5 +490,36 @@ mod tests {
         assert!(b.reserve(Some("bolt"), Some(2.0), 0.1).is_ok());
         b.forget_run("bolt");
         assert_eq!(b.spent("bolt"), 0.0);
+    }
+
+    #[test]
+    fn the_day_seed_reads_from_midnight_and_forgotten_runs_leave_the_ledger() {
+        let day = Arc::new(AtomicI64::new(20_000));
+        let clock = Arc::clone(&day);
+        let b = Budgets::with_clock(
+            BudgetConfig {
+                per_day_usd: Some(1.0),
+                ..BudgetConfig::default()
+            },
+            move || clock.load(Ordering::SeqCst),
+        );
+        // The store is asked for the spend since this instant: UTC midnight of day 20 000.
+        assert_eq!(b.day_start_ms(), 20_000 * 86_400_000);
+        b.seed_today(0.95);
+        assert_eq!(b.reserve(None, None, 0.1).unwrap_err().scope, Scope::Day);
+        // Seeded spend belongs to its day like any other.
+        day.store(20_001, Ordering::SeqCst);
+        assert_eq!(b.day_start_ms(), 20_001 * 86_400_000);
+        assert!(b.reserve(None, None, 0.1).is_ok());
+
+        let r = b.reserve(Some("a"), None, 0.1).unwrap();
+        b.reserve(Some("b"), None, 0.1).unwrap().settle(0.1);
+        assert_eq!(b.tracked_runs(), 2);
+        b.forget_run("b");
+        // A call still in flight when its run is forgotten settles without coming back.
+        b.forget_run("a");
+        r.settle(0.1);
+        assert_eq!(b.tracked_runs(), 0);
+        assert_eq!(b.spent_today(), 0.2);
     }
 }

@@ -31,6 +31,19 @@ pub enum ErrorKind {
     StreamCut,
 }
 
+/// Every value [`ErrorKind::error_type`] can take: the closed label set of
+/// `llm_api_errors_total{error_type}`, exposed at 0 from start.
+pub const ERROR_TYPES: &[&str] = &[
+    "RATE_LIMIT",
+    "TIMEOUT",
+    "SERVER_ERROR",
+    "AUTH",
+    "BAD_REQUEST",
+    "NETWORK",
+    "CIRCUIT_OPEN",
+    "BUDGET",
+];
+
 impl ErrorKind {
     /// The `error_type` label of `llm_api_errors_total` (runbook names).
     pub fn error_type(self) -> &'static str {
@@ -151,5 +164,32 @@ mod tests {
         assert_eq!(ctx.kind, ErrorKind::ContextLength);
         assert!(!ctx.is_retryable() && !ctx.tries_next_endpoint());
         assert!(!LlmError::from_status(400, "bad", None).is_retryable());
+    }
+
+    #[test]
+    fn every_error_type_is_in_the_closed_set_exposed_at_zero() {
+        use ErrorKind::*;
+        let kinds = [
+            RateLimit,
+            Timeout,
+            ServerError,
+            Auth,
+            BadRequest,
+            ContextLength,
+            Network,
+            CircuitOpen,
+            Budget,
+            Malformed,
+            StreamCut,
+        ];
+        for k in kinds {
+            assert!(ERROR_TYPES.contains(&k.error_type()), "{k:?}");
+        }
+        for t in ERROR_TYPES {
+            assert!(
+                kinds.iter().any(|k| k.error_type() == *t),
+                "{t} is never used"
+            );
+        }
     }
 }

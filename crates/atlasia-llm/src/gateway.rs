@@ -10,7 +10,7 @@ use crate::budget::{BudgetConfig, BudgetError, BudgetLevel, Budgets, Reservation
 use crate::cache::{CacheConfig, ResponseCache};
 use crate::config::{AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting};
 use crate::limiter::{LimiterConfig, RateLimiter};
-use crate::pricing::{Price, PriceTable, estimate_tokens};
+use crate::pricing::{PriceTable, estimate_tokens};
 use crate::provider::{Endpoint, ProviderClient, Wire};
 use crate::record::{CallRecord, CallRecorder};
 use crate::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent, Usage, metrics};
@@ -39,6 +39,30 @@ pub struct CallMeta {
     pub cache_opt_in: bool,
     /// The bolt's step (`DEVELOPER`, …), for the ledger and the replay journal.
     pub step: Option<String>,
+    /// The agent's contract declares `model_class: cheap`: without a model of its own it runs
+    /// on `llm.cheap_model`.
+    pub cheap: bool,
+}
+
+/// The `[agents.<name>]` section that applies to `agent`: its own, else for the four reviewer
+/// personas (`reviewer-security`, …) the runbook's shared `reviewer`.
+pub fn agent_section<'a, V>(agents: &'a BTreeMap<String, V>, agent: &str) -> Option<&'a V> {
+    agents.get(agent).or_else(|| {
+        agent
+            .starts_with(REVIEWER_PREFIX)
+            .then(|| agents.get("reviewer"))
+            .flatten()
+    })
+}
+
+/// What the four review personas' names start with.
+pub const REVIEWER_PREFIX: &str = "reviewer-";
+
+/// `[agents.<name>]` keys as written in TOML or in the environment
+/// (`ATLASIA_AGENTS__REVIEWER_SECURITY__LLM_MODEL`: variable names cannot hold `-`), as the
+/// engine names its agents.
+pub fn agent_key(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('_', "-")
 }
 
 /// Why a call produced no answer.
@@ -231,16 +255,21 @@ impl Gateway {
             }
             models.insert(m.name.clone(), list);
         }
-        let mut prices = PriceTable::with_defaults();
-        for (model, p) in &s.prices {
-            prices.set(
-                model,
-                Price {
-                    input_per_mtok: p.input_per_mtok,
-                    output_per_mtok: p.output_per_mtok,
-                },
-            );
+        let prices = PriceTable::from_settings(s);
+        // Logged once, at start: every call to these is free as far as budgets can tell.
+        for model in prices.unpriced(s) {
+            tracing::warn!(%model, "model has no price: its calls are recorded at $0 and no \
+                budget can stop them; set [llm.prices.\"<model>\"] to price it");
         }
+        metrics::zero(
+            endpoints
+                .iter()
+                .map(|st: &Arc<EndpointState>| st.ep.name.as_str()),
+        );
+        let agents = agents
+            .into_iter()
+            .map(|(k, v)| (agent_key(&k), v))
+            .collect();
         let cache = s.cache.enabled.then(|| {
             ResponseCache::new(CacheConfig {
                 max_entries: s.cache.max_entries,
@@ -290,6 +319,7 @@ impl Gateway {
 
     /// Refreshes the limiter and breaker gauges (at scrape time).
     pub fn refresh_gauges(&self) {
+        ::metrics::gauge!("llm_budget_tracked_runs").set(self.budgets.tracked_runs() as f64);
         for st in &self.endpoints {
             let p = st.ep.name.clone();
             ::metrics::gauge!("llm_ratelimiter_waiting", "provider" => p.clone())
@@ -306,12 +336,15 @@ impl Gateway {
         if self.models.is_empty() {
             return Err(GatewayError::NotConfigured);
         }
-        let agent = self.agents.get(&meta.agent);
+        let agent = agent_section(&self.agents, &meta.agent);
+        let cheap = meta.cheap
+            || REVIEWER_CLASS.contains(&meta.agent.as_str())
+            || meta.agent.starts_with(REVIEWER_PREFIX);
         let mut model = if !requested.is_empty() {
             requested.to_owned()
         } else if let Some(m) = agent.and_then(|a| a.llm_model.clone()) {
             m
-        } else if REVIEWER_CLASS.contains(&meta.agent.as_str()) && self.cheap_model.is_some() {
+        } else if cheap && self.cheap_model.is_some() {
             self.cheap_model.clone().unwrap_or_default()
         } else {
             self.default_model
@@ -365,6 +398,11 @@ impl Gateway {
 
     async fn record(&self, rec: CallRecord) {
         self.recorder.record(rec).await;
+    }
+
+    /// Waits until every call record handed to the recorder so far is stored.
+    pub async fn flush_records(&self) {
+        self.recorder.flush().await;
     }
 
     /// What `usage` on `model` (a provider's model id) costs, in USD (0 when unpriced).
@@ -835,6 +873,65 @@ mod tests {
             g.route(&meta("developer"), "nope"),
             Err(GatewayError::UnknownModel(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn reviewer_covers_the_four_personas_and_contract_cheap_class_is_honoured() {
+        let mut agents = BTreeMap::new();
+        let model = |m: &str| AgentSettings {
+            llm_model: Some(m.into()),
+            cheaper_model: None,
+        };
+        agents.insert("reviewer".to_owned(), model("special"));
+        // The environment's spelling of `reviewer-sre`.
+        agents.insert("REVIEWER_SRE".to_owned(), model("big"));
+        let mut s = settings(&["big", "small", "special"]);
+        s.default_model = Some("big".into());
+        s.cheap_model = Some("small".into());
+        let g = Gateway::new(&s, agents, Arc::new(NoRecorder)).unwrap();
+        for persona in [
+            "reviewer-security",
+            "reviewer-code-quality",
+            "reviewer-frontend-ux",
+        ] {
+            assert_eq!(g.route(&meta(persona), "").unwrap(), "special", "{persona}");
+        }
+        assert_eq!(
+            g.route(&meta("reviewer-sre"), "").unwrap(),
+            "big",
+            "own section wins"
+        );
+        // The tester declares `model_class: cheap` in its contract.
+        assert_eq!(
+            g.route(&meta("tester"), "").unwrap(),
+            "big",
+            "no class given"
+        );
+        let cheap = CallMeta {
+            cheap: true,
+            ..meta("tester")
+        };
+        assert_eq!(g.route(&cheap, "").unwrap(), "small");
+        // Without a section of their own, personas are reviewer class.
+        let g = Gateway::new(&s, BTreeMap::new(), Arc::new(NoRecorder)).unwrap();
+        assert_eq!(g.route(&meta("reviewer-sre"), "").unwrap(), "small");
+        assert_eq!(g.route(&meta("developer"), "").unwrap(), "big");
+    }
+
+    #[test]
+    fn unpriced_models_are_listed_once() {
+        let mut s = settings(&["gpt-4o", "sim-model", "other"]);
+        s.prices.insert(
+            "other".into(),
+            crate::config::PriceSettings {
+                input_per_mtok: 1.0,
+                output_per_mtok: 1.0,
+            },
+        );
+        let twin = s.models[1].endpoints[0].clone();
+        s.models[1].endpoints.push(twin);
+        let table = PriceTable::from_settings(&s);
+        assert_eq!(table.unpriced(&s), vec!["sim-model".to_owned()]);
     }
 
     #[tokio::test]

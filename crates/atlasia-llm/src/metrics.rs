@@ -2,6 +2,7 @@
 //! bounded: endpoints and models come from configuration, agents from a fixed set.
 
 use crate::Usage;
+use crate::error::ERROR_TYPES;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, histogram};
 use std::time::Duration;
 
@@ -24,9 +25,12 @@ pub fn describe() {
         Unit::Seconds,
         "Provider attempt latency."
     );
-    describe_histogram!("llm_cost_per_bolt", "Cost of a finished bolt in USD.");
+    describe_histogram!(
+        "llm_cost_per_bolt",
+        "Cost in USD of a bolt that reached DONE, FAILED or CANCELLED (observed once per bolt)."
+    );
     describe_counter!(
-        "llm_calls_by_agent",
+        "llm_calls_by_agent_total",
         "Answered LLM calls by agent (cache hits included)."
     );
     describe_counter!(
@@ -40,6 +44,10 @@ pub fn describe() {
     describe_gauge!(
         "llm_ratelimiter_waiting",
         "Calls waiting for a rate-limiter permit, by provider."
+    );
+    describe_gauge!(
+        "llm_budget_tracked_runs",
+        "Runs whose spend the budget ledger holds in memory (those being driven now)."
     );
     describe_gauge!(
         "llm_circuit_state",
@@ -74,7 +82,7 @@ pub fn error(provider: &str, error_type: &'static str) {
 
 /// An answered call, whatever served it.
 pub fn answered(agent: &str, provider: &str, model: &str, cost_usd: f64) {
-    counter!("llm_calls_by_agent", "agent" => agent.to_owned()).increment(1);
+    counter!("llm_calls_by_agent_total", "agent" => agent.to_owned()).increment(1);
     if cost_usd > 0.0 {
         // Counters are integers in the metrics crate; micro-dollars keep the precision.
         counter!("llm_cost_micro_usd_total", "provider" => provider.to_owned(), "model" => model.to_owned())
@@ -82,7 +90,19 @@ pub fn answered(agent: &str, provider: &str, model: &str, cost_usd: f64) {
     }
 }
 
-/// The cost of a finished bolt (called by whoever knows the bolt ended).
-pub fn bolt_cost(usd: f64) {
-    histogram!("llm_cost_per_bolt").record(usd);
+/// Exposes the error and outcome counters at 0 for every label value known at start: each
+/// configured endpoint (`provider`) with every provider error type, budget refusals (`-`,
+/// `BUDGET`) and both cache results. A counter that first appears with the first failure hides
+/// that failure from `increase()`; one that is there from the start does not.
+pub fn zero<'a>(providers: impl IntoIterator<Item = &'a str>) {
+    for p in providers {
+        for &t in ERROR_TYPES.iter().filter(|t| **t != "BUDGET") {
+            counter!("llm_api_errors_total", "provider" => p.to_owned(), "error_type" => t)
+                .increment(0);
+        }
+    }
+    counter!("llm_api_errors_total", "provider" => "-", "error_type" => "BUDGET").increment(0);
+    for result in ["hit", "miss"] {
+        counter!("llm_cache_requests_total", "result" => result).increment(0);
+    }
 }

@@ -65,6 +65,39 @@ impl PriceTable {
         table
     }
 
+    /// The defaults with `[llm.prices]` on top.
+    pub fn from_settings(s: &crate::config::LlmSettings) -> Self {
+        let mut table = Self::with_defaults();
+        for (model, p) in &s.prices {
+            table.set(
+                model,
+                Price {
+                    input_per_mtok: p.input_per_mtok,
+                    output_per_mtok: p.output_per_mtok,
+                },
+            );
+        }
+        table
+    }
+
+    /// The provider model ids of `s`'s endpoints that have no price: their calls cost 0 in the
+    /// ledger, so no budget can stop them. Sorted, each once.
+    pub fn unpriced(&self, s: &crate::config::LlmSettings) -> Vec<String> {
+        let mut out: Vec<String> = s
+            .models
+            .iter()
+            .flat_map(|m| {
+                m.endpoints
+                    .iter()
+                    .map(|e| e.model.clone().unwrap_or_else(|| m.name.clone()))
+            })
+            .filter(|model| self.price(model).is_none())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Adds or replaces a model's price (a configuration override).
     pub fn set(&mut self, model: impl Into<String>, price: Price) {
         self.prices.insert(model.into(), price);

@@ -31,6 +31,12 @@ pub struct CallRecord {
 /// they are the cost ledger.
 pub trait CallRecorder: Send + Sync {
     fn record(&self, rec: CallRecord) -> BoxFuture<'static, ()>;
+
+    /// Resolves once every record handed over before the call is stored (a bolt's end reads
+    /// its cost from the store). The default has nothing to wait for.
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A recorder that keeps nothing (tests of the gateway alone, `sim-llm`).

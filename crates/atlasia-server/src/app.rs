@@ -152,6 +152,11 @@ impl Application {
         if !gateway.is_configured() {
             tracing::info!("no LLM configured: /v1 answers 503 until [llm] or LLM_ENDPOINT is set");
         }
+        // The day cap counts what was spent since midnight, also before this process started.
+        let spent = atlasia_engine::ledger::seed_today(&store, gateway.budgets())
+            .await
+            .map_err(StartError::from)?;
+        tracing::info!(spent_today_usd = spent, "day budget seeded from llm_calls");
         let gateway = Arc::new(gateway);
         let github = crate::github::client(&settings.github).map_err(StartError::Setup)?;
         let sandbox = atlasia_engine::sandbox::Sandbox::start(settings.sandbox_config()).await;

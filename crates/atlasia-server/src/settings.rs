@@ -567,6 +567,11 @@ impl Settings {
                     .map(|_| "auth.orchestrator_token".into()),
             );
         let mut settings: Settings = fig.extract().map_err(from_figment)?;
+        // `[agents.reviewer_sre]` (the environment's only spelling) is `reviewer-sre`.
+        settings.agents = std::mem::take(&mut settings.agents)
+            .into_iter()
+            .map(|(k, v)| (atlasia_llm::gateway::agent_key(&k), v))
+            .collect();
         settings.sandbox.config_file = match file {
             Some(f) => Some(f.to_path_buf()),
             None => Path::new("atlasia.toml")
@@ -681,6 +686,7 @@ impl Settings {
             .map_err(|(key, reason)| SettingsError { key, reason })?;
         self.validate_github()?;
         self.validate_sandbox()?;
+        self.validate_agents()?;
         if Backend::of_url(&self.db_url()).is_none() {
             return Err(SettingsError::new(
                 "database.url",
@@ -794,11 +800,53 @@ impl Settings {
         }
     }
 
-    /// The effective settings as TOML, secrets masked.
+    /// The effective settings as TOML, secrets masked; models without a price are named at the
+    /// end (budgets cannot apply to them).
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = Some(self.db_url());
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut out =
+            toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        for model in self.unpriced_models() {
+            out.push_str(&format!(
+                "# budgets cannot apply to model \"{model}\": it has no price, so its calls are \
+                 recorded at $0; set [llm.prices.\"{model}\"] input_per_mtok/output_per_mtok\n"
+            ));
+        }
+        out
+    }
+
+    /// The configured provider models that have no price (built in or `[llm.prices]`).
+    pub fn unpriced_models(&self) -> Vec<String> {
+        atlasia_llm::pricing::PriceTable::from_settings(&self.llm).unpriced(&self.llm)
+    }
+
+    /// The names `[agents.<name>]` accepts: every agent of the contracts, and `reviewer` for
+    /// the four review personas together. `_` may stand for `-` (the environment's form).
+    pub fn known_agents() -> Vec<String> {
+        let mut names: Vec<String> = atlasia_engine::contracts::EMBEDDED_AGENTS
+            .iter()
+            .map(|(file, _)| file.trim_end_matches(".yaml").to_owned())
+            .collect();
+        names.push("reviewer".to_owned());
+        names.sort();
+        names
+    }
+
+    /// Refuses an `[agents.<name>]` section no agent reads (a typo would otherwise be ignored
+    /// in silence); unknown keys inside a section are refused when the settings are read.
+    fn validate_agents(&self) -> Result<(), SettingsError> {
+        let known = Self::known_agents();
+        for name in self.agents.keys() {
+            let key = atlasia_llm::gateway::agent_key(name);
+            if !known.contains(&key) {
+                return Err(SettingsError::new(
+                    &format!("agents.{name}"),
+                    format!("no such agent; known: {}", known.join(", ")),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1016,6 +1064,52 @@ mod tests {
         let mut s = Settings::default();
         s.github.app_id = Some(1);
         assert_eq!(s.validate().map_err(|e| e.key), Err("github.app_id".into()));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn agent_sections_must_name_an_agent_in_either_spelling() {
+        let mut s = Settings::default();
+        for name in [
+            "developer",
+            "reviewer",
+            "reviewer-sre",
+            "reviewer_security",
+            "TESTER",
+        ] {
+            s.agents.insert(name.into(), AgentSettings::default());
+        }
+        assert_eq!(s.validate(), Ok(()));
+        s.agents.insert("reviwer".into(), AgentSettings::default());
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "agents.reviwer");
+        assert!(e.reason.contains("reviewer-security"), "{e}");
+    }
+
+    #[test]
+    fn unpriced_models_are_named_in_config_show() {
+        let mut s = Settings::default();
+        let env = |k: &str| match k {
+            "LLM_ENDPOINT" => Some("http://127.0.0.1:9".to_owned()),
+            "LLM_MODEL" => Some("house-model".to_owned()),
+            _ => None,
+        };
+        assert_eq!(s.apply_legacy_llm_env(env), Ok(()));
+        assert_eq!(s.unpriced_models(), vec!["house-model".to_owned()]);
+        let shown = s.to_masked_toml();
+        assert!(
+            shown.contains("# budgets cannot apply to model \"house-model\""),
+            "{shown}"
+        );
+        s.llm.prices.insert(
+            "house-model".into(),
+            atlasia_llm::config::PriceSettings {
+                input_per_mtok: 1.0,
+                output_per_mtok: 2.0,
+            },
+        );
+        assert!(s.unpriced_models().is_empty());
+        assert!(!s.to_masked_toml().contains("budgets cannot apply"));
     }
 
     #[test]

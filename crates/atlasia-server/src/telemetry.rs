@@ -27,6 +27,11 @@ const COST_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
 ];
 
+/// Step durations (seconds): a planning step takes seconds, a developer or tester step minutes.
+const STEP_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
 /// Installs the global metrics recorder once per process and returns its handle.
 pub fn metrics_handle() -> Result<PrometheusHandle, String> {
     if let Some(h) = HANDLE.get() {
@@ -44,6 +49,11 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
         )
         .map_err(|e| e.to_string())?
         .set_buckets_for_metric(Matcher::Full("llm_cost_per_bolt".into()), COST_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full("workflow_step_duration_seconds".into()),
+            STEP_BUCKETS,
+        )
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
@@ -100,6 +110,11 @@ fn describe() {
         "workflow_runs_poisoned_total",
         "Runs failed because their worker died engine.max_attempts times at the same step."
     );
+    describe_histogram!(
+        "workflow_step_duration_seconds",
+        Unit::Seconds,
+        "Time a bolt step took, by step (label agent, the runbook's name)."
+    );
     describe_gauge!(
         "sandbox_enabled",
         "1 when the commands of bolts run isolated in the sandbox, 0 otherwise."
@@ -108,6 +123,9 @@ fn describe() {
         "sandbox_mode",
         "1 for the sandbox mode in effect: bwrap, none (operator opt-out) or unavailable."
     );
+    atlasia_store::describe_outcomes();
+    atlasia_github::metrics::zero();
+    crate::routes::webhooks::zero_metrics();
     atlasia_llm::metrics::describe();
     metrics_process::Collector::default().describe();
 }

@@ -95,6 +95,7 @@ impl Store {
                 row
             });
             if let Some(r) = row {
+                crate::finished::observe(to, r.cost_usd);
                 if to == atlasia_core::RunStatus::Pending {
                     self.wake_workers();
                     self.announce_queued().await;

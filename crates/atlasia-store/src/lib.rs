@@ -6,6 +6,7 @@
 mod decisions;
 mod diag;
 mod error;
+mod finished;
 mod llm_calls;
 mod options;
 mod pool;
@@ -21,6 +22,7 @@ mod webhooks;
 pub use decisions::{Decision, HUMAN_STEP};
 pub use diag::Diagnostics;
 pub use error::StoreError;
+pub use finished::{TERMINAL, describe_outcomes};
 pub use llm_calls::{LlmCallRow, LlmTotals};
 pub use options::{Backend, DbOptions};
 pub use pool::{DEFAULT_MAX_ATTEMPTS, PoolStats, Store};

@@ -74,8 +74,34 @@ impl Store {
                 });
                 q.build().execute(&mut *conn).await?;
             }
+            // The run record's tokens and cost follow the ledger, however the run ends.
+            let mut runs: Vec<&str> = rows.iter().filter_map(|r| r.run_id.as_deref()).collect();
+            runs.sort_unstable();
+            runs.dedup();
+            for run in runs {
+                sqlx::query(crate::progress::ROLL_UP_COST)
+                    .bind(run)
+                    .execute(&mut *conn)
+                    .await?;
+            }
         });
         Ok(())
+    }
+
+    /// USD of every call recorded at or after `since_ms` (Unix milliseconds): what the day
+    /// budget has spent since midnight, read back after a restart.
+    pub async fn llm_cost_since(&self, since_ms: i64) -> Result<f64, StoreError> {
+        let sum: Option<f64> = on_pool!(self, |p| {
+            let mut conn = acquire!(self, p);
+            sqlx::query_scalar(
+                "SELECT CAST(SUM(cost_usd) AS DOUBLE PRECISION) FROM llm_calls \
+                 WHERE created_at >= $1",
+            )
+            .bind(since_ms)
+            .fetch_one(&mut *conn)
+            .await?
+        });
+        Ok(sum.unwrap_or(0.0))
     }
 
     /// Totals of the rows for one run (all runs with `None`).

@@ -56,9 +56,10 @@ const BUMP_SEQ_HELD: &str = "UPDATE workflow_runs SET last_event_seq = last_even
 
 const SET_LOOPS: &str = "UPDATE workflow_runs SET review_loops = $1, fix_loops = $2 WHERE id = $3";
 
-/// The run's cost and tokens as the ledger has them so far (the recorder writes in batches,
-/// so the last calls may land a moment later; the final `end_step` rolls them up again).
-const ROLL_UP_COST: &str = "UPDATE workflow_runs SET \
+/// The run's cost and tokens as the ledger has them: rolled up at every step's end and again
+/// whenever the recorder writes rows of the run, so a run that ends any way at all (failed,
+/// cancelled, poisoned) carries every call it paid for.
+pub(crate) const ROLL_UP_COST: &str = "UPDATE workflow_runs SET \
     cost_usd = COALESCE((SELECT SUM(cost_usd) FROM llm_calls WHERE run_id = $1), 0), \
     tokens_in = COALESCE((SELECT SUM(tokens_in) FROM llm_calls WHERE run_id = $1), 0), \
     tokens_out = COALESCE((SELECT SUM(tokens_out) FROM llm_calls WHERE run_id = $1), 0) \
@@ -186,6 +187,9 @@ impl Store {
             tx.commit().await?;
             Some(row)
         });
+        if let (Some(r), Some((to, _))) = (&row, end.release) {
+            crate::finished::observe(to, r.cost_usd);
+        }
         row.map(Run::try_from).transpose()
     }
 

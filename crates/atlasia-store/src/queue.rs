@@ -53,7 +53,7 @@ const TAKE_IF_CLAIMABLE: &str = "UPDATE workflow_runs SET status = 'RUNNING', le
 const POISON: &str = "UPDATE workflow_runs SET status = 'FAILED', error = $1, updated_at = $2, \
     finished_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
     last_event_seq = last_event_seq + 1, step_deaths = step_deaths + 1 \
-    WHERE id = $3 AND status = 'RUNNING' AND lease_expires_at < $2 RETURNING last_event_seq";
+    WHERE id = $3 AND status = 'RUNNING' AND lease_expires_at < $2 RETURNING last_event_seq, cost_usd";
 
 /// A claimable row: id, lease owner, current step, deaths at that step.
 type Candidate = (String, Option<String>, Option<String>, i64);
@@ -63,7 +63,7 @@ enum Found {
     Nothing,
     Claimed(Box<RunRow>, bool),
     /// A run whose worker died `max_attempts` times at the same step, now FAILED.
-    Poisoned(String, String),
+    Poisoned(String, String, f64),
 }
 
 /// The reason a poison run fails with.
@@ -88,7 +88,7 @@ macro_rules! take_in {
         let reclaimed: bool = $reclaimed;
         if reclaimed && deaths + 1 >= i64::from($store.max_attempts()) {
             let reason = poison_reason(deaths + 1, step.as_deref());
-            let seq: Option<i64> = sqlx::query_scalar(POISON)
+            let seq: Option<(i64, f64)> = sqlx::query_as(POISON)
                 .bind(&reason)
                 .bind($now)
                 .bind(&id)
@@ -96,7 +96,7 @@ macro_rules! take_in {
                 .await?;
             match seq {
                 None => Found::Nothing,
-                Some(seq) => {
+                Some((seq, cost)) => {
                     if let Some(step) = &step {
                         sqlx::query(CLOSE_STEP)
                             .bind("FAILED")
@@ -111,7 +111,7 @@ macro_rules! take_in {
                         "reason": reason, "poisoned": true, "deaths": deaths + 1,
                         "step": step, "previous_owner": previous_owner});
                     insert_event!($store, &mut *$tx, &id, seq, EventKind::StatusChanged, data, $now);
-                    Found::Poisoned(id, reason)
+                    Found::Poisoned(id, reason, cost)
                 }
             }
         } else {
@@ -200,14 +200,15 @@ impl Store {
                         reclaimed,
                     }));
                 }
-                Found::Poisoned(id, reason) => self.poisoned(&id, &reason),
+                Found::Poisoned(id, reason, cost) => self.poisoned(&id, &reason, cost),
             }
         }
     }
 
     /// Says so, loudly: a poison run is an incident (the step kills its worker).
-    fn poisoned(&self, id: &str, reason: &str) {
+    fn poisoned(&self, id: &str, reason: &str, cost_usd: f64) {
         metrics::counter!("workflow_runs_poisoned_total").increment(1);
+        crate::finished::observe(RunStatus::Failed, cost_usd);
         tracing::error!(run = %id, %reason, "poison run failed");
     }
 
@@ -252,8 +253,8 @@ impl Store {
                 run: (*row).try_into()?,
                 reclaimed,
             })),
-            Found::Poisoned(id, reason) => {
-                self.poisoned(&id, &reason);
+            Found::Poisoned(id, reason, cost) => {
+                self.poisoned(&id, &reason, cost);
                 Ok(None)
             }
         }

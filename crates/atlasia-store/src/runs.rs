@@ -299,6 +299,9 @@ impl Store {
             tx.commit().await?;
             row
         });
+        if let Some(r) = &row {
+            crate::finished::observe(to, r.cost_usd);
+        }
         if to == RunStatus::Pending && row.is_some() {
             self.wake_workers();
             self.announce_queued().await;

@@ -204,6 +204,9 @@ impl Store {
             }
             row
         });
+        if let Some(r) = &row {
+            crate::finished::observe(RunStatus::Failed, r.cost_usd);
+        }
         row.map(Run::try_from).transpose()
     }
 

@@ -72,6 +72,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
     let recorder = StoreRecorder::spawn(store.clone(), &tracker, shutdown.clone());
     let gateway = Gateway::new(&settings.llm, settings.agents.clone(), Arc::new(recorder))
         .map_err(|e| CliError::BadInput(format!("LLM settings: {e}")))?;
+    atlasia_engine::ledger::seed_today(&store, gateway.budgets()).await?;
     let contracts =
         Contracts::embedded().map_err(|e| CliError::BadInput(format!("agent contracts: {e}")))?;
     let run = store.create_run(&new).await.map_err(|e| match e {

@@ -289,6 +289,83 @@ fn unknown_key_in_file_is_refused() {
 }
 
 #[test]
+fn unknown_agent_section_is_refused() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("atlasia.toml"),
+        "[agents.reviwer]\nllm_model = \"gpt-4o-mini\"\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["config", "show"], &[]);
+    assert_refused(&out, "agents.reviwer");
+    // The same through the environment.
+    let dir = tempdir();
+    let out = run(
+        dir.path(),
+        &["config", "show"],
+        &[("ATLASIA_AGENTS__DEVELOPPER__LLM_MODEL", "gpt-4o")],
+    );
+    assert_refused(&out, "agents.developper");
+}
+
+#[test]
+fn unknown_agent_key_is_refused() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("atlasia.toml"),
+        "[agents.developer]\nllm_modle = \"gpt-4o\"\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["config", "show"], &[]);
+    assert_refused(&out, "agents.developer");
+    assert!(out.stderr.contains("llm_modle"), "{}", out.stderr);
+}
+
+#[test]
+fn persona_sections_take_the_environment_spelling() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("atlasia.toml"),
+        "[agents.reviewer]\nllm_model = \"gpt-4o-mini\"\n",
+    )
+    .unwrap();
+    let env = [("ATLASIA_AGENTS__REVIEWER_SECURITY__LLM_MODEL", "gpt-4o")];
+    let (_, v) = show(dir.path(), &[], &env);
+    assert_eq!(
+        v.get("agents.reviewer-security.llm_model")
+            .map(String::as_str),
+        Some("\"gpt-4o\"")
+    );
+    assert_eq!(
+        v.get("agents.reviewer.llm_model").map(String::as_str),
+        Some("\"gpt-4o-mini\"")
+    );
+}
+
+#[test]
+fn config_show_says_budgets_cannot_apply_to_an_unpriced_model() {
+    let dir = tempdir();
+    let env = [
+        ("LLM_ENDPOINT", "http://127.0.0.1:9/v1"),
+        ("LLM_MODEL", "house-model"),
+    ];
+    let (text, _) = show(dir.path(), &[], &env);
+    assert!(
+        text.contains("# budgets cannot apply to model \"house-model\""),
+        "{text}"
+    );
+    let (text, _) = show(
+        dir.path(),
+        &[],
+        &[
+            ("LLM_ENDPOINT", "http://127.0.0.1:9/v1"),
+            ("LLM_MODEL", "gpt-4o"),
+        ],
+    );
+    assert!(!text.contains("budgets cannot apply"), "{text}");
+}
+
+#[test]
 fn missing_config_file_is_refused() {
     let dir = tempdir();
     let out = run(

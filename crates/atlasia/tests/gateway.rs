@@ -87,7 +87,10 @@ async fn plain_call_is_recorded_and_measured(db: Db) {
         "{m}"
     );
     assert!(sum(&m, "llm_tokens_total", &["kind=\"input\""]) > 0.0);
-    assert_eq!(sum(&m, "llm_calls_by_agent", &["agent=\"proxy\""]), 1.0);
+    assert_eq!(
+        sum(&m, "llm_calls_by_agent_total", &["agent=\"proxy\""]),
+        1.0
+    );
     assert!(m.contains("llm_api_duration_seconds_bucket"));
 
     // The ledger row is written by a background task: poll for it.

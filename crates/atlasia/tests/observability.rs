@@ -1,12 +1,15 @@
 //! What operators watch: the Prometheus exposition (route templates, pool, queue, disk and
-//! process gauges, valid for promtool), the readiness checks and their reasons, JSON logs tied
-//! to the correlation id without secrets, and graceful shutdown on SIGTERM (in-flight requests
-//! finish, the drain deadline is honoured).
+//! process gauges, valid for promtool before and after whole bolts ran; error and outcome
+//! counters at 0 from start; `llm_cost_per_bolt` once per finished bolt, failed ones included;
+//! budgets seeded from the ledger after a restart), the readiness checks and their reasons, JSON
+//! logs tied to the correlation id without secrets, and graceful shutdown on SIGTERM (in-flight
+//! requests finish, the drain deadline is honoured).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use common::bolts::*;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -143,11 +146,285 @@ async fn prometheus_exposition(db: Db) {
     let (s, _) = srv.get("/api/no/such/route", ADMIN_TOKEN).await;
     assert_eq!(s, 404);
 
+    // A run that never ran, cancelled: a finished bolt that cost nothing.
+    let (s, v) = srv
+        .post(
+            &format!("/api/runs/{}/cancel", ids[2]),
+            ADMIN_TOKEN,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
     let body = scrape(&srv).await;
     assert_http_histogram(&body, &ids);
-    assert_pool_and_queue(&body, 3);
+    assert_pool_and_queue(&body, 2);
     assert_host_gauges(&body);
+    assert_eq!(sample(&body, "llm_cost_per_bolt_count", &[]), Some(1.0));
+    assert_eq!(sample(&body, "llm_cost_per_bolt_sum", &[]), Some(0.0));
+    assert_outcomes(&body, 0.0, 0.0, 1.0);
     promtool_check(&body);
+}
+
+/// `workflow_runs_finished_total{status}` as expected (every status present, 0 included).
+fn assert_outcomes(body: &str, done: f64, failed: f64, cancelled: f64) {
+    for (status, want) in [("DONE", done), ("FAILED", failed), ("CANCELLED", cancelled)] {
+        let label = format!(r#"status="{status}""#);
+        assert_eq!(
+            sample(body, "workflow_runs_finished_total", &[&label]),
+            Some(want),
+            "workflow_runs_finished_total{{{label}}}:\n{body}"
+        );
+    }
+}
+
+/// The counters alerts read with `increase()` exist at 0 before anything happened: a series
+/// born with its first failure hides that failure from `increase()`.
+fn assert_zero_counters(body: &str, provider: &str) {
+    let p = format!(r#"provider="{provider}""#);
+    for t in [
+        "RATE_LIMIT",
+        "TIMEOUT",
+        "SERVER_ERROR",
+        "AUTH",
+        "BAD_REQUEST",
+        "NETWORK",
+        "CIRCUIT_OPEN",
+    ] {
+        let label = format!(r#"error_type="{t}""#);
+        assert_eq!(
+            sample(body, "llm_api_errors_total", &[&p, &label]),
+            Some(0.0),
+            "llm_api_errors_total{{{p},{label}}}:\n{body}"
+        );
+    }
+    let budget = [r#"provider="-""#, r#"error_type="BUDGET""#];
+    assert_eq!(sample(body, "llm_api_errors_total", &budget), Some(0.0));
+    for (name, label) in [
+        ("github_api_errors_total", r#"error_type="RATE_LIMIT""#),
+        ("github_api_errors_total", r#"error_type="AUTH""#),
+        ("github_webhook_rejected_total", r#"reason="bad_signature""#),
+        ("github_webhook_deliveries_total", r#"outcome="accepted""#),
+        ("llm_cache_requests_total", r#"result="hit""#),
+    ] {
+        assert_eq!(sample(body, name, &[label]), Some(0.0), "{name}{{{label}}}");
+    }
+    assert_outcomes(body, 0.0, 0.0, 0.0);
+}
+
+/// `atlasia.toml` pricing the simulator's model (1000/2000 USD per million tokens), so bolts
+/// cost money; `extra` is appended.
+fn price_sim_model(db: &TestDb, extra: &str) {
+    std::fs::write(
+        db.dir.path().join("atlasia.toml"),
+        format!(
+            "[llm.prices.\"sim-model\"]\ninput_per_mtok = 1000.0\noutput_per_mtok = 2000.0\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
+/// A server with two workers on `sim` (its model priced) plus `extra` variables.
+async fn bolt_server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
+    price_sim_model(&db, "");
+    let mut env = vec![
+        ("LLM_ENDPOINT", sim.base.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("ATLASIA_ENGINE__WORKERS", "2"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+    ];
+    env.extend_from_slice(extra);
+    TestServer::start_with(db, &env).await
+}
+
+/// The calc project with its bug, committed on `trunk`.
+fn calc_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_calc_project(dir.path());
+    git(dir.path(), &["init", "-q", "-b", "trunk"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "initial"]);
+    dir
+}
+
+/// Creates the calc bolt whose developer applies `fix`; returns the run id.
+async fn calc_bolt(srv: &TestServer, repo: &std::path::Path, fix: &str) -> String {
+    let run = srv
+        .create_run(
+            json!({"repo": repo.display().to_string(), "title": "add() subtracts",
+                           "body": body(json!({"developer": [edit_to(fix)]}))}),
+        )
+        .await;
+    run["id"].as_str().unwrap().to_owned()
+}
+
+/// The ledger's (calls, tokens in, tokens out, USD) for run `id`, read with the database CLI.
+fn ledger(db: &TestDb, id: &str) -> (i64, i64, i64, f64) {
+    let out = db.sql_cli(&format!(
+        "SELECT COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
+         COALESCE(SUM(cost_usd), 0) FROM llm_calls WHERE run_id = '{id}'"
+    ));
+    let f: Vec<&str> = out.trim().split('|').collect();
+    (
+        f[0].parse().unwrap(),
+        f[1].parse().unwrap(),
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+    )
+}
+
+/// After a whole bolt: promtool still passes, the runbook's names are there (the renamed
+/// `llm_calls_by_agent_total` still matches the runbook's grep), the bolt's cost is observed
+/// once, and the budget ledger forgot the finished run.
+async fn metrics_after_a_bolt(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let srv = bolt_server(TestDb::new(db).await, &sim, &[]).await;
+    let before = scrape(&srv).await;
+    assert_zero_counters(&before, "primary");
+    promtool_check(&before);
+
+    let repo = calc_repo();
+    let id = calc_bolt(&srv, repo.path(), FIXED_NEW).await;
+    let done = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
+    let cost = done["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{done}");
+    let (_, tin, tout, usd) = ledger(&srv.db, &id);
+    assert_eq!(
+        (done["tokens_in"].as_i64(), done["tokens_out"].as_i64()),
+        (Some(tin), Some(tout))
+    );
+    assert!((usd - cost).abs() < 1e-9, "ledger {usd} vs run {cost}");
+
+    let body = scrape(&srv).await;
+    promtool_check(&body);
+    assert_eq!(sample(&body, "llm_cost_per_bolt_count", &[]), Some(1.0));
+    let observed = sample(&body, "llm_cost_per_bolt_sum", &[]).unwrap();
+    assert!(
+        (observed - cost).abs() < 1e-9,
+        "observed {observed}, run {cost}"
+    );
+    assert_outcomes(&body, 1.0, 0.0, 0.0);
+    for agent in ["developer", "reviewer-security", "judge", "writer"] {
+        let label = format!(r#"agent="{agent}""#);
+        let n = sample(&body, "llm_calls_by_agent_total", &[&label]).unwrap_or(0.0);
+        assert!(n >= 1.0, "llm_calls_by_agent_total{{{label}}} = {n}");
+    }
+    assert!(
+        body.lines().any(|l| l.starts_with("llm_calls_by_agent")),
+        "the runbook's `grep llm_calls_by_agent` finds nothing"
+    );
+    let steps = sample(
+        &body,
+        "workflow_step_duration_seconds_count",
+        &[r#"agent="DEVELOPER""#],
+    );
+    assert!(steps.is_some_and(|n| n >= 1.0), "{body}");
+    assert!(body.contains("# HELP workflow_step_duration_seconds "));
+    assert_eq!(sample(&body, "llm_budget_tracked_runs", &[]), Some(0.0));
+}
+
+/// A bolt that fails after paying for calls: the run record's tokens and cost are the
+/// ledger's, all of them (the failing step's calls included), and the bolt's cost is observed.
+async fn a_failed_bolt_counts_its_cost(db: Db) {
+    let sim = Sim::start(&[]).await;
+    // The developer's first answer already exceeds its token allowance: DEVELOPER fails.
+    let extra = [("ATLASIA_ENGINE__DEVELOPER_MAX_TOKENS", "1")];
+    let srv = bolt_server(TestDb::new(db).await, &sim, &extra).await;
+    let repo = calc_repo();
+    let id = calc_bolt(&srv, repo.path(), FIXED_NEW).await;
+    let failed = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}\n{}", srv.log());
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("token budget"), "{failed}");
+    let developer_calls = srv.db.sql_cli(&format!(
+        "SELECT COUNT(*) FROM llm_calls WHERE run_id = '{id}' AND step = 'DEVELOPER'"
+    ));
+    assert!(developer_calls.trim().parse::<i64>().unwrap() >= 1);
+    // Read as soon as the run says FAILED: no waiting for a late roll-up.
+    let (calls, tin, tout, usd) = ledger(&srv.db, &id);
+    assert!(calls > 0 && tin > 0 && tout > 0 && usd > 0.0);
+    assert_eq!(failed["tokens_in"].as_i64(), Some(tin), "{failed}");
+    assert_eq!(failed["tokens_out"].as_i64(), Some(tout), "{failed}");
+    let cost = failed["cost_usd"].as_f64().unwrap();
+    assert!((cost - usd).abs() < 1e-9, "run {cost} vs ledger {usd}");
+
+    let body = scrape(&srv).await;
+    promtool_check(&body);
+    assert_outcomes(&body, 0.0, 1.0, 0.0);
+    assert_eq!(sample(&body, "llm_cost_per_bolt_count", &[]), Some(1.0));
+    let observed = sample(&body, "llm_cost_per_bolt_sum", &[]).unwrap();
+    assert!(
+        (observed - cost).abs() < 1e-9,
+        "observed {observed}, run {cost}"
+    );
+}
+
+/// Spend recorded before a restart still counts: the day cap from the ledger's rows since UTC
+/// midnight (not older ones), a run's cap from its own rows.
+async fn budgets_survive_a_restart(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let first = TestServer::start_with(TestDb::new(db).await, &[]).await;
+    let repo = calc_repo();
+    let run = first
+        .create_run(
+            json!({"repo": repo.path().display().to_string(), "title": "add() subtracts",
+                           "budget_usd": 20.0}),
+        )
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    // What the first process spent: 19 USD on this run today, 100 USD on nothing yesterday.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let yesterday = now - 86_400_000 - (now % 86_400_000) + 1_000;
+    first.db.sql_cli(&format!(
+        "INSERT INTO llm_calls (run_id, step, agent, provider, model, tokens_in, tokens_out, \
+         cost_usd, latency_ms, outcome, cached, created_at) VALUES \
+         ('{id}', 'PM', 'pm', 'primary', 'sim-model', 1000, 1000, 19.0, 5, 'ok', false, {now}), \
+         (NULL, NULL, 'proxy', 'primary', 'sim-model', 1, 1, 100.0, 5, 'ok', false, {yesterday})"
+    ));
+    let TestServer { db, .. } = first;
+    // The day cap (50) is only spent by yesterday's rows; the run's cap (20) is nearly spent.
+    let srv = bolt_server(db, &sim, &[("ATLASIA_LLM__BUDGET__PER_DAY_USD", "50.0")]).await;
+    let esc = wait_status(&srv, &id, &["ESCALATED", "DONE", "FAILED"]).await;
+    assert_eq!(esc["status"], "ESCALATED", "{esc}\n{}", srv.log());
+    assert_eq!(esc["current_step"], "PM", "{esc}");
+    let e = &artifacts(&srv, &id, "escalation").await[0]["payload"];
+    let blocker = e["blocker"].as_str().unwrap_or_default();
+    assert!(blocker.contains("bolt budget"), "{e}");
+    assert_eq!(
+        ledger(&srv.db, &id).0,
+        1,
+        "no call was paid for past the cap"
+    );
+    assert!(
+        srv.log().contains("spent_today_usd=19"),
+        "the day was not seeded with today's 19 USD only:\n{}",
+        srv.log()
+    );
+    let body = scrape(&srv).await;
+    assert_eq!(sample(&body, "llm_budget_tracked_runs", &[]), Some(0.0));
+    // Escalated is not finished: a human may still PROCEED. ABORT finishes it (FAILED), and
+    // the bolt's cost is observed then, with what the ledger holds for it.
+    let observed = sample(&body, "llm_cost_per_bolt_count", &[]).unwrap_or(0.0);
+    assert_eq!(observed, 0.0, "an escalated bolt was observed as finished");
+    assert_eq!(esc["cost_usd"].as_f64(), Some(19.0), "{esc}");
+    let (s, v) = srv
+        .post(
+            &format!("/api/runs/{id}/escalation-decision"),
+            ADMIN_TOKEN,
+            &json!({"decision": "ABORT", "guidance": "over budget"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let body = scrape(&srv).await;
+    promtool_check(&body);
+    assert_outcomes(&body, 0.0, 1.0, 0.0);
+    assert_eq!(sample(&body, "llm_cost_per_bolt_count", &[]), Some(1.0));
+    assert_eq!(sample(&body, "llm_cost_per_bolt_sum", &[]), Some(19.0));
 }
 
 /// Latencies are labelled by route template; raw ids and unmatched paths never become labels.
@@ -450,8 +727,94 @@ async fn shutdown_deadline_is_honoured(db: Db) {
     post.abort();
 }
 
+/// Which endpoints served each agent of run `id`, from the ledger.
+fn providers_by_agent(
+    db: &TestDb,
+    id: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let out = db.sql_cli(&format!(
+        "SELECT agent, provider FROM llm_calls WHERE run_id = '{id}' GROUP BY agent, provider"
+    ));
+    let mut map = std::collections::BTreeMap::<_, std::collections::BTreeSet<_>>::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let (agent, provider) = line.trim().split_once('|').unwrap();
+        map.entry(agent.to_owned())
+            .or_default()
+            .insert(provider.to_owned());
+    }
+    map
+}
+
+/// `[agents.reviewer]` (the runbook's name) routes all four review personas; a persona's own
+/// section, written in its environment form, wins; every agent whose contract says
+/// `model_class: cheap` (the tester included) runs on `llm.cheap_model`.
+async fn agents_route_as_configured(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let tdb = TestDb::new(db).await;
+    let model = |name: &str| {
+        format!(
+            "[[llm.models]]\nname = \"{name}\"\n[[llm.models.endpoints]]\nname = \"{name}-ep\"\n\
+             base_url = \"{}\"\nmodel = \"sim-model\"\napi_key = \"sk-test-key\"\n",
+            sim.base
+        )
+    };
+    let config = format!(
+        "[llm]\ndefault_model = \"big\"\ncheap_model = \"small\"\n{}{}{}\
+         [agents.reviewer]\nllm_model = \"review\"\n",
+        model("big"),
+        model("small"),
+        model("review")
+    );
+    std::fs::write(tdb.dir.path().join("atlasia.toml"), config).unwrap();
+    let env = [
+        ("ATLASIA_ENGINE__WORKERS", "2"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+        ("ATLASIA_AGENTS__REVIEWER_SECURITY__LLM_MODEL", "big"),
+    ];
+    let srv = TestServer::start_with(tdb, &env).await;
+    let repo = calc_repo();
+    // A wrong fix first: the tests fail, so the tester agent is asked for its report.
+    let script = json!({"developer": [edit_to(WRONG_NEW), re_edit(WRONG_NEW, FIXED_NEW)]});
+    let run = srv
+        .create_run(json!({"repo": repo.path().display().to_string(),
+                           "title": "add() subtracts", "body": body(script)}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
+    // Three endpoints serve the unpriced `sim-model`: one warning, at start, not one per call.
+    let warnings = srv.log().matches("model has no price").count();
+    assert_eq!(warnings, 1, "{}", srv.log());
+    let served = providers_by_agent(&srv.db, id);
+    let expect = [
+        ("developer", "big-ep"),
+        ("architect", "big-ep"),
+        ("reviewer-security", "big-ep"),
+        ("reviewer-sre", "review-ep"),
+        ("reviewer-code-quality", "review-ep"),
+        ("reviewer-frontend-ux", "review-ep"),
+        ("pm", "small-ep"),
+        ("qualifier", "small-ep"),
+        ("tester", "small-ep"),
+        ("judge", "small-ep"),
+        ("writer", "small-ep"),
+    ];
+    for (agent, provider) in expect {
+        let got = served.get(agent);
+        assert_eq!(
+            got.map(|s| s.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec![provider]),
+            "{agent}: {served:?}"
+        );
+    }
+}
+
 on_both! {
     metrics => prometheus_exposition;
+    agents_route => agents_route_as_configured;
+    metrics_after_bolt => metrics_after_a_bolt;
+    failed_bolt_cost => a_failed_bolt_counts_its_cost;
+    budgets_restart => budgets_survive_a_restart;
     ready_ok => readiness_checks;
     ready_disk_floor => readiness_disk_floor;
     logs_json => json_logs;

@@ -343,6 +343,7 @@ fn meta(headers: &HeaderMap, caller: &str) -> Result<CallMeta, OpenAiError> {
         run_budget_usd: None,
         cache_opt_in: false,
         step: None,
+        cheap: false,
     })
 }
 

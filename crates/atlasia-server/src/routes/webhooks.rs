@@ -38,6 +38,29 @@ pub fn router() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
 }
 
+/// Every `reason` of `github_webhook_rejected_total`.
+pub const REJECT_REASONS: &[&str] = &[
+    "no_secret",
+    "missing_signature",
+    "too_large",
+    "bad_signature",
+];
+
+/// Every `outcome` of `github_webhook_deliveries_total`.
+pub const OUTCOMES: &[&str] = &["accepted", "invalid", "ignored", "duplicate", "active"];
+
+/// Exposes the webhook counters at 0 for every reason, and for every outcome of `issues`
+/// deliveries (the event that starts bolts), so `increase()` sees the first one.
+pub fn zero_metrics() {
+    for &reason in REJECT_REASONS {
+        metrics::counter!("github_webhook_rejected_total", "reason" => reason).increment(0);
+    }
+    for &outcome in OUTCOMES {
+        metrics::counter!("github_webhook_deliveries_total", "event" => "issues", "outcome" => outcome)
+            .increment(0);
+    }
+}
+
 fn reject(reason: &'static str, message: &'static str) -> ApiError {
     metrics::counter!("github_webhook_rejected_total", "reason" => reason).increment(1);
     tracing::warn!(reason, "webhook delivery refused");
