@@ -116,6 +116,15 @@ async fn hostile_verify_commands_leak_nothing_and_harm_nothing(db: Db) {
 /// A bolt whose verify commands attack the server ends DONE with the sandbox `label` in use.
 async fn hostile_bolt(db: Db, extra: &[(&str, &str)], label: &str) {
     let unique = format!("atlasia-escape-{}", uuid::Uuid::now_v7().simple());
+    let sim = Sim::start(&[]).await;
+    let mut srv = server(db, &sim, extra).await;
+    let (_, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
+    let check = &ready["checks"]["sandbox"];
+    assert_eq!(check["detail"]["mode"], label, "{ready}");
+    assert_eq!(check["detail"]["state"], "ok", "{ready}");
+    // The server's own port, from inside: the sandbox has no network to reach it with.
+    let port = srv.base.rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    let data_dir = srv.db.dir.path().display().to_string();
     let repo = repo_with_verify(&[
         // The server's environment, every way /proc offers it.
         r"tr '\0' '\n' < /proc/$PPID/environ; cat /proc/1/environ /proc/*/environ | tr '\0' '\n'; env; true".into(),
@@ -124,13 +133,13 @@ async fn hostile_bolt(db: Db, extra: &[(&str, &str)], label: &str) {
         // The server itself. (Never `kill -9 -1` here: should the sandbox ever regress, that
         // would take down every process of the machine's user.)
         "kill -9 $PPID; kill -9 1; echo still-here".into(),
+        format!(
+            "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2); \
+             print('reached-server')\" || echo no-network"
+        ),
+        // The server's database and data directory.
+        format!("ls {data_dir} && echo saw-data || echo no-data"),
     ]);
-    let sim = Sim::start(&[]).await;
-    let mut srv = server(db, &sim, extra).await;
-    let (_, ready) = srv.get("/api/health/ready", ADMIN_TOKEN).await;
-    let check = &ready["checks"]["sandbox"];
-    assert_eq!(check["detail"]["mode"], label, "{ready}");
-    assert_eq!(check["detail"]["state"], "ok", "{ready}");
     let run = srv
         .create_run(json!({
             "repo": repo.path().display().to_string(), "title": "add() subtracts",
@@ -157,6 +166,14 @@ async fn hostile_bolt(db: Db, extra: &[(&str, &str)], label: &str) {
     assert!(tails[0].contains("PATH="), "{report}");
     assert!(tails[1].contains("wrote-tmp"), "{report}");
     assert!(tails[2].contains("still-here"), "{report}");
+    assert!(
+        tails[3].contains("no-network") && !tails[3].contains("reached-server"),
+        "{report}"
+    );
+    assert!(
+        tails[4].contains("no-data") && !tails[4].contains("saw-data"),
+        "{report}"
+    );
     for secret in [ADMIN_TOKEN, WEBHOOK_SECRET, LLM_KEY] {
         assert!(
             !text.contains(secret),
