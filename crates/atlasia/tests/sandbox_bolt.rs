@@ -123,7 +123,13 @@ async fn hostile_bolt(db: Db, extra: &[(&str, &str)], label: &str) {
     assert_eq!(check["detail"]["mode"], label, "{ready}");
     assert_eq!(check["detail"]["state"], "ok", "{ready}");
     // The server's own port, from inside: the sandbox has no network to reach it with.
-    let port = srv.base.rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    let port = srv
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
     let data_dir = srv.db.dir.path().display().to_string();
     let repo = repo_with_verify(&[
         // The server's environment, every way /proc offers it.
