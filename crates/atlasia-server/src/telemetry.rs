@@ -121,7 +121,7 @@ fn describe() {
     );
     describe_gauge!(
         "sandbox_mode",
-        "1 for the sandbox mode in effect: bwrap, none (operator opt-out) or unavailable."
+        "1 for the sandbox mode in effect: bwrap, inprocess, none (operator opt-out) or unavailable."
     );
     atlasia_store::describe_outcomes();
     atlasia_github::metrics::zero();
