@@ -22,15 +22,7 @@ const LIMIT: Duration = Duration::from_secs(180);
 
 /// A server with workers pointed at `sim`, plus extra settings.
 async fn server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
-    let mut env = vec![
-        ("LLM_ENDPOINT", sim.base.as_str()),
-        ("LLM_MODEL", "sim-model"),
-        ("LLM_API_KEY", "sk-test-key"),
-        ("ATLASIA_ENGINE__WORKERS", "2"),
-        ("ATLASIA_ENGINE__POLL_MS", "50"),
-    ];
-    env.extend_from_slice(extra);
-    TestServer::start_with(db, &env).await
+    bolt_server(db, sim, extra).await
 }
 
 /// A user's git repository on branch `trunk` with a bug, its tests, and an uncommitted file.

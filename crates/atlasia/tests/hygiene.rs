@@ -19,17 +19,11 @@ use std::process::Command as StdCommand;
 const SECRET: &str = "whsec-hygiene-0123456789-abcdef";
 const LLM_KEY: &str = "sk-hygiene-llm-key-0123456789";
 
+/// A server on `sim` that knows `LLM_KEY` and `SECRET` as secrets, plus `extra`.
 async fn server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
-    let mut env = vec![
-        ("LLM_ENDPOINT", sim.base.as_str()),
-        ("LLM_MODEL", "sim-model"),
-        ("LLM_API_KEY", LLM_KEY),
-        ("GITHUB_WEBHOOK_SECRET", SECRET),
-        ("ATLASIA_ENGINE__WORKERS", "2"),
-        ("ATLASIA_ENGINE__POLL_MS", "50"),
-    ];
+    let mut env = vec![("LLM_API_KEY", LLM_KEY), ("GITHUB_WEBHOOK_SECRET", SECRET)];
     env.extend_from_slice(extra);
-    TestServer::start_with(db, &env).await
+    bolt_server(db, sim, &env).await
 }
 
 /// The calc project, plus a committed `leak.txt` holding the secret and a test that prints

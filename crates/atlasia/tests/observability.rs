@@ -225,17 +225,9 @@ fn price_sim_model(db: &TestDb, extra: &str) {
 }
 
 /// A server with two workers on `sim` (its model priced) plus `extra` variables.
-async fn bolt_server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
+async fn priced_bolt_server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
     price_sim_model(&db, "");
-    let mut env = vec![
-        ("LLM_ENDPOINT", sim.base.as_str()),
-        ("LLM_MODEL", "sim-model"),
-        ("LLM_API_KEY", "sk-test-key"),
-        ("ATLASIA_ENGINE__WORKERS", "2"),
-        ("ATLASIA_ENGINE__POLL_MS", "50"),
-    ];
-    env.extend_from_slice(extra);
-    TestServer::start_with(db, &env).await
+    common::bolts::bolt_server(db, sim, extra).await
 }
 
 /// The calc project with its bug, committed on `trunk`.
@@ -279,7 +271,7 @@ fn ledger(db: &TestDb, id: &str) -> (i64, i64, i64, f64) {
 /// once, and the budget ledger forgot the finished run.
 async fn metrics_after_a_bolt(db: Db) {
     let sim = Sim::start(&[]).await;
-    let srv = bolt_server(TestDb::new(db).await, &sim, &[]).await;
+    let srv = priced_bolt_server(TestDb::new(db).await, &sim, &[]).await;
     let before = scrape(&srv).await;
     assert_zero_counters(&before, "primary");
     promtool_check(&before);
@@ -331,7 +323,7 @@ async fn a_failed_bolt_counts_its_cost(db: Db) {
     let sim = Sim::start(&[]).await;
     // The developer's first answer already exceeds its token allowance: DEVELOPER fails.
     let extra = [("ATLASIA_ENGINE__DEVELOPER_MAX_TOKENS", "1")];
-    let srv = bolt_server(TestDb::new(db).await, &sim, &extra).await;
+    let srv = priced_bolt_server(TestDb::new(db).await, &sim, &extra).await;
     let repo = calc_repo();
     let id = calc_bolt(&srv, repo.path(), FIXED_NEW).await;
     let failed = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
@@ -388,7 +380,7 @@ async fn budgets_survive_a_restart(db: Db) {
     ));
     let TestServer { db, .. } = first;
     // The day cap (50) is only spent by yesterday's rows; the run's cap (20) is nearly spent.
-    let srv = bolt_server(db, &sim, &[("ATLASIA_LLM__BUDGET__PER_DAY_USD", "50.0")]).await;
+    let srv = priced_bolt_server(db, &sim, &[("ATLASIA_LLM__BUDGET__PER_DAY_USD", "50.0")]).await;
     let esc = wait_status(&srv, &id, &["ESCALATED", "DONE", "FAILED"]).await;
     assert_eq!(esc["status"], "ESCALATED", "{esc}\n{}", srv.log());
     assert_eq!(esc["current_step"], "PM", "{esc}");

@@ -16,15 +16,7 @@ use std::path::Path;
 
 /// A server with workers pointed at `sim`.
 async fn server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
-    let mut env = vec![
-        ("LLM_ENDPOINT", sim.base.as_str()),
-        ("LLM_MODEL", "sim-model"),
-        ("LLM_API_KEY", "sk-test-key"),
-        ("ATLASIA_ENGINE__WORKERS", "2"),
-        ("ATLASIA_ENGINE__POLL_MS", "50"),
-    ];
-    env.extend_from_slice(extra);
-    TestServer::start_with(db, &env).await
+    bolt_server(db, sim, extra).await
 }
 
 /// A committed git repository on `trunk` holding `files` (no `.atlasia.toml` unless given).

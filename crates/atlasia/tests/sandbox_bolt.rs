@@ -19,18 +19,15 @@ use serde_json::{Value, json};
 const WEBHOOK_SECRET: &str = "webhook-secret-value-for-the-sandbox-test";
 const LLM_KEY: &str = "sk-llm-key-value-for-the-sandbox-test";
 
-/// A server with workers pointed at `sim`, secrets in its environment, plus `extra`.
+/// A server with one worker pointed at `sim`, secrets in its environment, plus `extra`.
 async fn server(db: Db, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
     let mut env = vec![
-        ("LLM_ENDPOINT", sim.base.as_str()),
-        ("LLM_MODEL", "sim-model"),
         ("LLM_API_KEY", LLM_KEY),
         ("GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
         ("ATLASIA_ENGINE__WORKERS", "1"),
-        ("ATLASIA_ENGINE__POLL_MS", "50"),
     ];
     env.extend_from_slice(extra);
-    TestServer::start_with(TestDb::new(db).await, &env).await
+    bolt_server(TestDb::new(db).await, sim, &env).await
 }
 
 /// The calc project with `verify` set to `commands` (then its unit tests), committed.

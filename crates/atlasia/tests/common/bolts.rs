@@ -1,11 +1,25 @@
 //! Helpers for tests that run whole bolts: a tiny Python project with a bug, simulator scripts
 //! for the developer, reading a run's events and artifacts, and checking a branch's tests.
 
-use super::{ADMIN_TOKEN, TestServer, eventually};
+use super::{ADMIN_TOKEN, Sim, TestDb, TestServer, eventually};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+/// A server with two bolt workers pointed at `sim` (model `sim-model`); `extra` comes last, so
+/// it overrides any of these (another key, one worker, secrets of the test's own).
+pub async fn bolt_server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
+    let mut env = vec![
+        ("LLM_ENDPOINT", sim.base.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("ATLASIA_ENGINE__WORKERS", "2"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+    ];
+    env.extend_from_slice(extra);
+    TestServer::start_with(db, &env).await
+}
 
 /// How long a whole bolt may take in a test.
 pub const BOLT_LIMIT: Duration = Duration::from_secs(180);
