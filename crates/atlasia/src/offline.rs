@@ -2,7 +2,7 @@
 //! in-process on a loopback port and point the gateway at it over real HTTP, and say so.
 
 use crate::commands::CliError;
-use atlasia_llm::config::{EndpointSettings, ModelSettings};
+use atlasia_llm::config::{EndpointSettings, ModelSettings, PriceSettings};
 use atlasia_server::Settings;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +41,16 @@ pub async fn ensure_llm(
         }],
     });
     settings.llm.default_model = Some(SIM_MODEL.to_owned());
+    // Simulated answers are free: priced at zero, so budgets apply and no "unpriced" warning
+    // interrupts the demo.
+    settings
+        .llm
+        .prices
+        .entry(SIM_MODEL.to_owned())
+        .or_insert(PriceSettings {
+            input_per_mtok: 0.0,
+            output_per_mtok: 0.0,
+        });
     Ok(Some(format!(
         "No LLM configured: using the built-in simulator (sim-llm) at http://{addr}. Answers \
          are simulated, deterministic and free. Set LLM_ENDPOINT, LLM_MODEL and LLM_API_KEY \

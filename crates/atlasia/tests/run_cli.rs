@@ -55,6 +55,8 @@ fn a_bundled_example_runs_to_done_offline() {
     ]);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(err.contains("built-in simulator"), "no banner: {err}");
+    // The simulator is free, and priced so: no "unpriced model" warning in the demo.
+    assert!(!err.contains("has no price"), "{err}");
     assert!(
         err.contains("loop-back REVIEW"),
         "the demo loops back once: {err}"
