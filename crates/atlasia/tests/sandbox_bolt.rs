@@ -140,8 +140,9 @@ async fn hostile_bolt(db: Db, extra: &[(&str, &str)], label: &str) {
             "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2); \
              print('reached-server')\" || echo no-network"
         ),
-        // The server's database and data directory.
-        format!("ls {data_dir} && echo saw-data || echo no-data"),
+        // The server's database and data directory: only the path down to this bolt's
+        // worktree (and the build cache) exists in there.
+        format!("ls -A {data_dir}; cat {data_dir}/atlasia.db > /dev/null && echo saw-db || echo no-db"),
     ]);
     let run = srv
         .create_run(json!({
@@ -174,9 +175,14 @@ async fn hostile_bolt(db: Db, extra: &[(&str, &str)], label: &str) {
         "{report}"
     );
     assert!(
-        tails[4].contains("no-data") && !tails[4].contains("saw-data"),
+        tails[4].contains("no-db") && !tails[4].contains("saw-db"),
         "{report}"
     );
+    assert!(!tails[4].contains("atlasia.db"), "{report}");
+    if srv.db.kind == Db::Sqlite {
+        // The control: the database is there, on the host.
+        assert!(srv.db.dir.path().join("atlasia.db").exists());
+    }
     for secret in [ADMIN_TOKEN, WEBHOOK_SECRET, LLM_KEY] {
         assert!(
             !text.contains(secret),
