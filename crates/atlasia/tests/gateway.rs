@@ -38,14 +38,7 @@ fn chat_body(text: &str) -> Value {
 }
 
 async fn metrics(srv: &TestServer) -> String {
-    srv.client
-        .get(srv.url("/api/metrics/prometheus"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    srv.metrics().await
 }
 
 /// Sum of the samples of `name` whose labels contain every `label="value"` given.

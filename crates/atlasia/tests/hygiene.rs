@@ -456,15 +456,7 @@ async fn a_run_whose_worker_keeps_dying_fails_after_max_attempts(db: Db) {
     // Reclaimed twice, never a third time; the step ran three times.
     assert_eq!(kinds(&evs, "lease_claimed").len(), 2, "{evs:?}");
     assert_eq!(kinds(&evs, "step_started").len(), 3);
-    let text = srv
-        .client
-        .get(srv.url("/api/metrics/prometheus"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = srv.metrics().await;
     assert!(
         text.lines()
             .any(|l| l.starts_with("workflow_runs_poisoned_total") && l.ends_with(" 1")),

@@ -286,15 +286,7 @@ async fn mode_none_is_visible_in_ready_metrics_and_doctor(db: Db) {
             ready["checks"]["sandbox"]["detail"]["state"], state,
             "{ready}"
         );
-        let metrics = srv
-            .client
-            .get(srv.url("/api/metrics/prometheus"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = srv.metrics().await;
         assert!(
             metrics
                 .lines()

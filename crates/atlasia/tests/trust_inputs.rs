@@ -505,16 +505,7 @@ async fn invented_methods_add_no_series(db: Db) {
             .map(str::to_owned)
             .collect()
     };
-    let metrics = || async {
-        srv.client
-            .get(srv.url("/api/metrics/prometheus"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || async { srv.metrics().await };
     let _ = metrics().await;
     for chunk in 0..10 {
         futures::future::join_all((0..50).map(|i| {
@@ -811,15 +802,7 @@ async fn connections_are_limited(db: Db) {
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Open connections are visible: the held one and the metrics request itself.
-    let body = srv
-        .client
-        .get(srv.url("/api/metrics/prometheus"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = srv.metrics().await;
     let open: f64 = body
         .lines()
         .find_map(|l| l.strip_prefix("http_server_connections "))

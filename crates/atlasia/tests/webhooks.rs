@@ -72,14 +72,7 @@ async fn run_count(srv: &TestServer) -> usize {
 }
 
 async fn metrics(srv: &TestServer) -> String {
-    srv.client
-        .get(srv.url("/api/metrics/prometheus"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    srv.metrics().await
 }
 
 async fn signature_vector_and_forgeries(db: Db) {

@@ -249,6 +249,18 @@ impl TestServer {
         (status, json, headers)
     }
 
+    /// The Prometheus exposition (`/api/metrics/prometheus`, unauthenticated) as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/api/metrics/prometheus"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         let (s, v, _) = self
             .call(reqwest::Method::GET, path, Some(token), None)
