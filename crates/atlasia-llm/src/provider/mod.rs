@@ -433,7 +433,7 @@ fn scrub(mut e: LlmError, key: Option<&SecretString>) -> LlmError {
     if let Some(key) = key {
         let key = key.expose_secret();
         if key.chars().count() >= atlasia_core::redact::MIN_SECRET_LEN && e.message.contains(key) {
-            e.message = e.message.replace(key, "[redacted]");
+            e.message = e.message.replace(key, atlasia_core::redact::REDACTED);
         }
     }
     e
