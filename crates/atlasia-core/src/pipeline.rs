@@ -49,7 +49,7 @@ impl Step {
     pub const FIRST: Step = Self::Pm;
 
     /// The stored text (`PM`, …).
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pm => "PM",
             Self::Qualifier => "QUALIFIER",
@@ -108,7 +108,7 @@ pub enum Edge {
 
 impl Edge {
     /// The name events and escalations use.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::ReviewToDeveloper => "review_to_developer",
             Self::TesterToDeveloper => "tester_to_developer",
@@ -142,7 +142,7 @@ impl Gate {
     pub const ALL: [Gate; 2] = [Self::ArchitectureApproval, Self::PublishApproval];
 
     /// The stored and API name.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::ArchitectureApproval => "architecture_approval",
             Self::PublishApproval => "publish_approval",
@@ -198,7 +198,7 @@ impl EscalationReason {
     ];
 
     /// The stored code.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::NoChange => "no_change",
             Self::Untested => "untested",
@@ -549,13 +549,7 @@ mod tests {
             };
             for taken in 0..=bound + 1 {
                 for a in AUTONOMIES {
-                    let t = next(
-                        Step::Review,
-                        Outcome::ChangesRequested,
-                        at(taken, 5),
-                        b,
-                        a,
-                    );
+                    let t = next(Step::Review, Outcome::ChangesRequested, at(taken, 5), b, a);
                     if taken < bound {
                         assert_eq!(t, Transition::LoopBack(Edge::ReviewToDeveloper));
                     } else {
@@ -617,7 +611,10 @@ mod tests {
         let l = at(1, 2);
         assert_eq!(l.after(Edge::ReviewToDeveloper), at(2, 2));
         assert_eq!(l.after(Edge::TesterToDeveloper), at(1, 3));
-        assert_eq!(at(u32::MAX, 0).after(Edge::ReviewToDeveloper), at(u32::MAX, 0));
+        assert_eq!(
+            at(u32::MAX, 0).after(Edge::ReviewToDeveloper),
+            at(u32::MAX, 0)
+        );
         for e in [Edge::ReviewToDeveloper, Edge::TesterToDeveloper] {
             assert_eq!(Edge::TO, Step::Developer);
             assert_eq!(e.from_step().as_str().parse::<Step>(), Ok(e.from_step()));
@@ -654,8 +651,8 @@ mod tests {
                 for a in AUTONOMIES {
                     for (review, fix) in [(0, 0), (2, 3), (5, 5)] {
                         let t = next(step, outcome, at(review, fix), Bounds::default(), a);
-                        let legit = own(step).contains(&outcome)
-                            || matches!(outcome, Outcome::Blocked(_));
+                        let legit =
+                            own(step).contains(&outcome) || matches!(outcome, Outcome::Blocked(_));
                         if legit {
                             assert_ne!(t, Transition::Fail, "{step} {outcome:?}");
                         } else {
@@ -679,8 +676,11 @@ mod tests {
                             Transition::Gate(g) => {
                                 assert!(matches!(
                                     (g, step, a),
-                                    (Gate::ArchitectureApproval, Step::Architect, Autonomy::Confirm | Autonomy::Observe)
-                                        | (Gate::PublishApproval, Step::Judge, Autonomy::Observe)
+                                    (
+                                        Gate::ArchitectureApproval,
+                                        Step::Architect,
+                                        Autonomy::Confirm | Autonomy::Observe
+                                    ) | (Gate::PublishApproval, Step::Judge, Autonomy::Observe)
                                 ))
                             }
                             Transition::Next(n) => assert!(n > step, "{step} → {n} goes forward"),

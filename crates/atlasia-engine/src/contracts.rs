@@ -8,33 +8,12 @@
 
 use crate::judge::JudgeVote;
 use crate::review::{self, PersonaReview};
+pub use atlasia_core::Step;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// A pipeline step, as written in contracts and run records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Step {
-    /// Issue → `ticket_plan`.
-    Pm,
-    /// → `work_plan`.
-    Qualifier,
-    /// → `architecture_notes`.
-    Architect,
-    /// Tool loop → commits + `implementation_report`.
-    Developer,
-    /// Four personas → `persona_review`.
-    Review,
-    /// Verify commands → `test_report`.
-    Tester,
-    /// Three voters → `judge_verdict`.
-    Judge,
-    /// Docs and the pull request.
-    Writer,
-}
 
 /// Which model tier an agent runs on; the gateway maps the class to concrete models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -42,8 +42,8 @@ pub struct StepCtx<'a> {
     pub run: &'a Run,
     /// The lease holder; events are only written while it holds the lease.
     pub owner: &'a str,
-    /// The step (`DEVELOPER`, …).
-    pub step: &'a str,
+    /// The step being run.
+    pub step: atlasia_core::Step,
     /// Cancelled when the lease is lost, the run is paused or cancelled, or on shutdown.
     pub cancel: &'a CancellationToken,
     /// How long an LLM call that fails for a passing reason is retried (see [`LLM_PATIENCE`]).
@@ -70,7 +70,7 @@ impl StepCtx<'_> {
             priority: u8::try_from(self.run.priority.clamp(0, 10)).unwrap_or(5),
             run_budget_usd: self.run.budget_usd,
             cache_opt_in: false,
-            step: Some(self.step.to_owned()),
+            step: Some(self.step.as_str().to_owned()),
             cheap: contract.model_class == crate::contracts::ModelClass::Cheap,
         }
     }

@@ -180,7 +180,7 @@ pub fn band(weighted: f64) -> VoteDecision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvidenceVeto {
     /// The escalation reason: `tests_failed` or `untested`.
-    pub code: &'static str,
+    pub code: atlasia_core::EscalationReason,
     /// What the evidence says, for the escalation's blocker.
     pub blocker: String,
 }
@@ -194,7 +194,7 @@ pub fn evidence_veto(
 ) -> Option<EvidenceVeto> {
     let Some(report) = report else {
         return Some(EvidenceVeto {
-            code: "untested",
+            code: atlasia_core::EscalationReason::Untested,
             blocker: "there is no test report: the judges cannot pass a change without evidence"
                 .into(),
         });
@@ -207,7 +207,7 @@ pub fn evidence_veto(
         .unwrap_or_default();
     if status == Some("not_run") {
         return (!allow_untested).then(|| EvidenceVeto {
-            code: "untested",
+            code: atlasia_core::EscalationReason::Untested,
             blocker: format!(
                 "no test ran ({summary}); the judges cannot pass untested changes unless \
                  .atlasia.toml sets allow_untested = true"
@@ -220,7 +220,7 @@ pub fn evidence_veto(
         .is_some_and(|c| !c.is_empty());
     if !passed || !ran {
         return Some(EvidenceVeto {
-            code: "tests_failed",
+            code: atlasia_core::EscalationReason::TestsFailed,
             blocker: format!(
                 "the tests did not pass ({summary}); the judges cannot pass failing evidence"
             ),
@@ -340,19 +340,22 @@ mod tests {
         let failed =
             json!({"passed": false, "status": "failed", "commands": [cmd(1)], "summary": "boom"});
         let v = evidence_veto(Some(&failed), true).unwrap_or_else(|| panic!("no veto"));
-        assert_eq!(v.code, "tests_failed");
+        assert_eq!(v.code.as_str(), "tests_failed");
         assert!(v.blocker.contains("boom"), "{}", v.blocker);
         let not_run = json!({"passed": false, "status": "not_run", "commands": [], "summary": "nothing found"});
         assert_eq!(
-            evidence_veto(Some(&not_run), false).map(|v| v.code),
+            evidence_veto(Some(&not_run), false).map(|v| v.code.as_str()),
             Some("untested")
         );
         assert_eq!(evidence_veto(Some(&not_run), true), None);
-        assert_eq!(evidence_veto(None, true).map(|v| v.code), Some("untested"));
+        assert_eq!(
+            evidence_veto(None, true).map(|v| v.code.as_str()),
+            Some("untested")
+        );
         // "passed" with nothing run is not evidence (an old report without a status).
         let hollow = json!({"passed": true, "commands": [], "summary": "nothing was run"});
         assert_eq!(
-            evidence_veto(Some(&hollow), false).map(|v| v.code),
+            evidence_veto(Some(&hollow), false).map(|v| v.code.as_str()),
             Some("tests_failed")
         );
     }

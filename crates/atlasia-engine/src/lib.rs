@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod detect;
 pub mod developer;
 pub mod docs;
+pub mod error;
 pub mod forge;
 pub mod judge;
 pub mod ledger;

@@ -1,6 +1,6 @@
-//! The REVIEW step's rules: the verdict a set of findings implies, the merge of the four persona
-//! reviews into one, and the bound on loop-backs to DEVELOPER (from REVIEW and from TESTER) past
-//! which a bolt escalates instead of looping forever.
+//! The REVIEW step's rules: the verdict a set of findings implies and the merge of the four
+//! persona reviews into one. Whether a "changes required" loops back is the pipeline's state
+//! machine's call (`atlasia_core::pipeline`, its bound per edge).
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -165,93 +165,6 @@ pub fn merge(reviews: &[PersonaReview]) -> MergedReview {
     }
 }
 
-/// A loop-back edge of the pipeline graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Edge {
-    /// REVIEW found high/critical problems.
-    ReviewToDeveloper,
-    /// TESTER's verify commands failed (the fix loop).
-    TesterToDeveloper,
-}
-
-/// What to do after a loop-back was requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoopDecision {
-    /// Go back to DEVELOPER.
-    LoopBack,
-    /// The edge's bound is used up: store an `escalation` and wait for a human.
-    Escalate,
-}
-
-/// Counts loop-backs per edge. Serializable so the counts survive a resume: a bolt that
-/// restarts must not get a fresh allowance.
-///
-/// The bound is the number of loop-backs actually allowed: with `max_per_edge = 2` the first two
-/// requests loop back and the third escalates. (The original checked after incrementing, so its
-/// "2" allowed one real loop-back.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoopGuard {
-    /// Loop-backs allowed from REVIEW to DEVELOPER.
-    pub max_per_edge: u32,
-    /// Loop-backs allowed from TESTER to DEVELOPER (the fix loop).
-    pub fix_max: u32,
-    /// Loop-backs taken so far from REVIEW.
-    review_loops: u32,
-    /// Loop-backs taken so far from TESTER.
-    fix_loops: u32,
-}
-
-impl Default for LoopGuard {
-    /// The design's bounds: 2 review loop-backs, 3 fix attempts.
-    fn default() -> Self {
-        Self::new(2, 3)
-    }
-}
-
-impl LoopGuard {
-    /// A guard allowing `review_max` loop-backs from REVIEW and `fix_max` from TESTER.
-    pub fn new(review_max: u32, fix_max: u32) -> Self {
-        Self {
-            max_per_edge: review_max,
-            fix_max,
-            review_loops: 0,
-            fix_loops: 0,
-        }
-    }
-
-    /// Records a requested loop-back on `edge` and says whether it may happen.
-    pub fn record(&mut self, edge: Edge) -> LoopDecision {
-        let (taken, max) = match edge {
-            Edge::ReviewToDeveloper => (&mut self.review_loops, self.max_per_edge),
-            Edge::TesterToDeveloper => (&mut self.fix_loops, self.fix_max),
-        };
-        if *taken < max {
-            *taken += 1;
-            LoopDecision::LoopBack
-        } else {
-            LoopDecision::Escalate
-        }
-    }
-
-    /// Loop-backs taken so far on `edge`.
-    pub fn count(&self, edge: Edge) -> u32 {
-        match edge {
-            Edge::ReviewToDeveloper => self.review_loops,
-            Edge::TesterToDeveloper => self.fix_loops,
-        }
-    }
-
-    /// Gives `edge` a fresh allowance — after a human answered an escalation with PROCEED, the
-    /// guidance deserves the full number of attempts.
-    pub fn reset(&mut self, edge: Edge) {
-        match edge {
-            Edge::ReviewToDeveloper => self.review_loops = 0,
-            Edge::TesterToDeveloper => self.fix_loops = 0,
-        }
-    }
-}
-
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "a test should fail loudly")]
 mod tests {
@@ -356,77 +269,6 @@ mod tests {
         ]);
         assert_eq!(merged.verdict, Verdict::Approved);
         assert!(!merged.needs_loop_back());
-    }
-
-    #[test]
-    fn review_edge_loops_back_twice_then_escalates() {
-        let mut guard = LoopGuard::default();
-        assert_eq!(guard.max_per_edge, 2);
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::LoopBack
-        );
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::LoopBack
-        );
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::Escalate
-        );
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::Escalate
-        );
-        assert_eq!(guard.count(Edge::ReviewToDeveloper), 2);
-        // The other edge has its own count.
-        assert_eq!(guard.count(Edge::TesterToDeveloper), 0);
-    }
-
-    #[test]
-    fn tester_fix_loop_allows_three_then_escalates() {
-        let mut guard = LoopGuard::new(2, 3);
-        for _ in 0..3 {
-            assert_eq!(
-                guard.record(Edge::TesterToDeveloper),
-                LoopDecision::LoopBack
-            );
-        }
-        assert_eq!(
-            guard.record(Edge::TesterToDeveloper),
-            LoopDecision::Escalate
-        );
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::LoopBack
-        );
-    }
-
-    #[test]
-    fn reset_after_a_human_decision_gives_a_fresh_allowance() {
-        let mut guard = LoopGuard::new(1, 1);
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::LoopBack
-        );
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::Escalate
-        );
-        guard.reset(Edge::ReviewToDeveloper);
-        assert_eq!(
-            guard.record(Edge::ReviewToDeveloper),
-            LoopDecision::LoopBack
-        );
-    }
-
-    #[test]
-    fn counts_survive_a_serialization_round_trip() {
-        let mut guard = LoopGuard::default();
-        guard.record(Edge::TesterToDeveloper);
-        let back: LoopGuard =
-            serde_json::from_value(serde_json::to_value(&guard).unwrap()).unwrap();
-        assert_eq!(back.count(Edge::TesterToDeveloper), 1);
     }
 
     #[test]

@@ -1,42 +1,24 @@
-//! Workers: each claims a run from the queue, heartbeats its lease in the background and drives
-//! the run through the pipeline from its `current_step` (so a reclaimed run resumes after its
-//! last completed step). Losing the lease — expiry, pause, cancel — cancels the step in progress;
-//! pause is also checked between steps. Each step's result is written in one transaction
-//! (artifacts, step row, events, loop counters, next step, and any status change).
+//! Workers: each claims a run from the queue, heartbeats its lease in the background and hands
+//! the run to the bolt driver ([`crate::bolt`]), which resumes it at its `current_step` (so a
+//! reclaimed run resumes after its last completed step). Losing the lease — expiry, pause,
+//! cancel — cancels the step in progress.
 
-use crate::bolt::{self, BoltLimits, Env, StepResult};
+use crate::bolt::Driver;
 use crate::contracts::Contracts;
-use crate::ctx::StepCtx;
 use crate::forge::github::GithubForge;
 use crate::forge::{LocalForge, RepoAccess};
 use crate::policy::PathPolicy;
 use crate::sandbox::Sandbox;
-use crate::steps::{FIRST_STEP, PIPELINE};
-use atlasia_core::{Autonomy, EventKind, Run, RunId, RunStatus};
+use crate::steps::{BoltLimits, Env};
+use atlasia_core::{Run, RunId, RunStatus};
 use atlasia_llm::Gateway;
-use atlasia_store::{StepEnd, Store, StoreError};
-use serde_json::{Value, json};
+use atlasia_store::{Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-
-/// The gate a `confirm` or `observe` run waits at after ARCHITECT.
-pub const ARCHITECTURE_GATE: &str = "architecture_approval";
-/// The gate an `observe` run also waits at after JUDGE, before the WRITER publishes the pull
-/// request.
-pub const PUBLISH_GATE: &str = "publish_approval";
-
-/// The gate `autonomy` asks for after `step`, if any.
-pub fn gate_after(step: &str, autonomy: Autonomy) -> Option<&'static str> {
-    match (step, autonomy) {
-        ("ARCHITECT", Autonomy::Confirm | Autonomy::Observe) => Some(ARCHITECTURE_GATE),
-        ("JUDGE", Autonomy::Observe) => Some(PUBLISH_GATE),
-        _ => None,
-    }
-}
 
 /// How workers hold and look for runs, and where bolts keep their worktrees.
 #[derive(Debug, Clone)]
@@ -251,7 +233,14 @@ impl Worker {
         let id = run.id;
         self.progress(id).await;
         self.seed_budget(id).await;
-        let result = match self.steps(run, &held).await {
+        let driver = Driver {
+            store: &self.store,
+            gateway: &self.gateway,
+            contracts: &self.contracts,
+            env: &self.env,
+            owner: &self.owner,
+        };
+        let result = match driver.steps(id, &held).await {
             // A write the database refuses will be refused again: retrying it after every
             // lease would loop forever, so the run fails with the reason instead.
             Err(e) if !e.is_retryable() => {
@@ -283,141 +272,6 @@ impl Worker {
         result
     }
 
-    async fn steps(&self, claimed: Run, held: &CancellationToken) -> Result<(), StoreError> {
-        let id = claimed.id;
-        loop {
-            if held.is_cancelled() {
-                return Ok(());
-            }
-            // Re-read between steps: a pause or cancel since the last step ends the work here.
-            let run = self.store.get_run(id).await?;
-            if run.status != RunStatus::Running || run.lease_owner.as_deref() != Some(&self.owner) {
-                tracing::info!(run = %id, status = %run.status.as_str(), "run left our hands");
-                return Ok(());
-            }
-            let step = run
-                .current_step
-                .clone()
-                .unwrap_or_else(|| FIRST_STEP.into());
-            let Some(step) = PIPELINE.iter().copied().find(|s| *s == step) else {
-                let error = format!("unknown step '{step}'");
-                self.store.fail_run(id, &self.owner, &error).await?;
-                return Ok(());
-            };
-            let Some(run) = self.store.start_step(id, &self.owner, step).await? else {
-                return Ok(());
-            };
-            let ctx = StepCtx {
-                store: &self.store,
-                gateway: &self.gateway,
-                contracts: &self.contracts,
-                run: &run,
-                owner: &self.owner,
-                step,
-                cancel: held,
-                patience: self.env.limits.llm_patience,
-            };
-            let started = std::time::Instant::now();
-            let result = bolt::execute(&ctx, &self.env).await?;
-            metrics::histogram!("workflow_step_duration_seconds", "agent" => step)
-                .record(started.elapsed().as_secs_f64());
-            // The step's calls are in the ledger before the step's end rolls up the run's cost
-            // (and, at the bolt's end, observes `llm_cost_per_bolt`).
-            self.gateway.flush_records().await;
-            let goes_on = self.record(&run, step, result).await?;
-            self.progress(id).await;
-            if !goes_on {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Writes a step's result; `true` when the run goes on to another step in this worker.
-    async fn record(&self, run: &Run, step: &str, result: StepResult) -> Result<bool, StoreError> {
-        let id = run.id;
-        let owner = &self.owner;
-        let owned = |a: &[(String, Value)]| a.to_vec();
-        match result {
-            StepResult::Cancelled => Ok(false),
-            StepResult::Failed(error) => {
-                tracing::warn!(run = %id, %step, %error, "step failed");
-                self.store.fail_run(id, owner, &error).await?;
-                self.cleanup(run).await;
-                Ok(false)
-            }
-            StepResult::Next {
-                artifacts,
-                next,
-                loops,
-                mut events,
-            } => {
-                let artifacts = owned(&artifacts);
-                // A loop-back from JUDGE does not exist; a gate only follows a forward step.
-                let gate = gate_after(step, run.autonomy);
-                let reason = gate.map(|g| format!("gate {g}"));
-                let release = match (gate, &reason) {
-                    (Some(g), Some(reason)) => {
-                        events.push((EventKind::GateOpened, json!({"gate": g, "step": next})));
-                        Some((RunStatus::WaitingGate, reason.as_str()))
-                    }
-                    _ => None,
-                };
-                let end = StepEnd {
-                    step,
-                    step_status: "DONE",
-                    artifacts: artifacts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-                    next_step: Some(next),
-                    loops,
-                    events,
-                    release,
-                };
-                let done = self.store.end_step(id, owner, &end).await?;
-                tracing::info!(run = %id, %step, next, ?gate, "step completed");
-                Ok(done.is_some() && gate.is_none())
-            }
-            StepResult::Done { artifacts, events } => {
-                let end = StepEnd {
-                    step,
-                    step_status: "DONE",
-                    artifacts: artifacts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-                    next_step: None,
-                    loops: None,
-                    events,
-                    release: Some((RunStatus::Done, "pull request ready")),
-                };
-                if self.store.end_step(id, owner, &end).await?.is_some() {
-                    tracing::info!(run = %id, "bolt done");
-                    self.cleanup(run).await;
-                }
-                Ok(false)
-            }
-            StepResult::Escalate {
-                artifacts,
-                reason,
-                resume,
-            } => {
-                let events = vec![(
-                    EventKind::Escalated,
-                    json!({"step": step, "reason": reason, "resume_step": resume}),
-                )];
-                // PROCEED resumes at `resume` with fresh loop-back bounds; the escalation
-                // artifact keeps the counts that led here.
-                let end = StepEnd {
-                    step,
-                    step_status: "ESCALATED",
-                    artifacts: artifacts.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-                    next_step: Some(resume),
-                    loops: Some((0, 0)),
-                    events,
-                    release: Some((RunStatus::Escalated, &reason)),
-                };
-                self.store.end_step(id, owner, &end).await?;
-                tracing::info!(run = %id, %step, %reason, "bolt escalated");
-                Ok(false)
-            }
-        }
-    }
-
     /// Restores the run's spend from the `llm_calls` ledger, so its bolt budget holds across a
     /// restart or a move to another worker. A read failure leaves the budget as it was (logged).
     async fn seed_budget(&self, id: RunId) {
@@ -432,23 +286,6 @@ impl Worker {
     async fn progress(&self, id: RunId) {
         if let Some(gh) = self.env.github.as_deref() {
             crate::progress::report(&self.store, gh, id).await;
-        }
-    }
-
-    /// Removes a finished bolt's worktree (its branch stays); failures are only logged.
-    async fn cleanup(&self, run: &Run) {
-        let forge = self.env.forge.clone();
-        let id = run.id.to_string();
-        let span = tracing::Span::current();
-        let removed = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| match forge.existing(&id) {
-                Some(ws) => forge.remove(&ws),
-                None => Ok(()),
-            })
-        })
-        .await;
-        if let Ok(Err(e)) = removed {
-            tracing::warn!(run = %run.id, error = %e, "could not remove the worktree");
         }
     }
 }

@@ -171,7 +171,7 @@ impl Harness {
             contracts: &self.contracts,
             run: &self.run,
             owner: &self.owner,
-            step: "DEVELOPER",
+            step: atlasia_core::Step::Developer,
             cancel,
             patience: std::time::Duration::ZERO,
         };

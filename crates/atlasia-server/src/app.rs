@@ -9,10 +9,7 @@ use crate::middleware::{observe, tag_route};
 use crate::routes::{admin, decisions, health, metrics, openai, runs};
 use crate::settings::Settings;
 use crate::state::AppState;
-use atlasia_engine::contracts::Contracts;
-use atlasia_engine::ledger::StoreRecorder;
-use atlasia_engine::worker::{WorkerConfig, WorkerPool};
-use atlasia_llm::Gateway;
+use atlasia_engine::worker::WorkerPool;
 use atlasia_store::{Store, StoreError};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -146,41 +143,24 @@ impl Application {
             })?;
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
-        let recorder = StoreRecorder::spawn(store.clone(), &tracker, background.clone());
-        let gateway = Gateway::new(&settings.llm, settings.agents.clone(), Arc::new(recorder))
-            .map_err(|e| StartError::Setup(format!("LLM gateway: {e}")))?;
-        if !gateway.is_configured() {
-            tracing::info!("no LLM configured: /v1 answers 503 until [llm] or LLM_ENDPOINT is set");
-        }
-        // The day cap counts what was spent since midnight, also before this process started.
-        let spent = atlasia_engine::ledger::seed_today(&store, gateway.budgets())
-            .await
-            .map_err(StartError::from)?;
-        tracing::info!(spent_today_usd = spent, "day budget seeded from llm_calls");
-        let gateway = Arc::new(gateway);
         let github = crate::github::client(&settings.github).map_err(StartError::Setup)?;
-        let sandbox = atlasia_engine::sandbox::Sandbox::start(settings.sandbox_config()).await;
+        let reach = crate::compose::Reach {
+            github: github
+                .clone()
+                .map(|c| (c, crate::github::check_wait(&settings.github))),
+            repos: settings.repo_access(),
+        };
+        let engine =
+            crate::compose::engine(&settings, &store, &tracker, background.clone(), reach).await?;
+        let sandbox = engine.workers.sandbox.clone();
+        let gateway = engine.gateway.clone();
         if settings.engine.workers > 0 {
-            let contracts = Contracts::embedded()
-                .map_err(|e| StartError::Setup(format!("agent contracts: {e}")))?;
-            let config = WorkerConfig {
-                lease: Duration::from_millis(settings.engine.lease_ms),
-                poll: Duration::from_millis(settings.engine.poll_ms),
-                data_dir: settings.storage.data_dir.clone(),
-                limits: settings.engine.limits(),
-                policy: atlasia_engine::policy::PathPolicy::from_env().with_known_secrets(redactor),
-                github: github
-                    .clone()
-                    .map(|c| (c, crate::github::check_wait(&settings.github))),
-                sandbox: sandbox.clone(),
-                repos: settings.repo_access(),
-            };
             WorkerPool::spawn(
                 settings.engine.workers,
                 store.clone(),
-                gateway.clone(),
-                Arc::new(contracts),
-                config,
+                engine.gateway,
+                engine.contracts,
+                engine.workers,
                 &tracker,
                 background.clone(),
             );

@@ -261,7 +261,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        let limits = atlasia_engine::bolt::BoltLimits::default();
+        let limits = atlasia_engine::steps::BoltLimits::default();
         Self {
             workers: 4,
             lease_ms: 30_000,
@@ -279,8 +279,8 @@ impl Default for EngineSettings {
 
 impl EngineSettings {
     /// The engine's limits from these settings.
-    pub fn limits(&self) -> atlasia_engine::bolt::BoltLimits {
-        atlasia_engine::bolt::BoltLimits {
+    pub fn limits(&self) -> atlasia_engine::steps::BoltLimits {
+        atlasia_engine::steps::BoltLimits {
             review_loops: self.review_loops,
             fix_loops: self.fix_loops,
             verify_timeout: std::time::Duration::from_secs(self.verify_timeout_secs),

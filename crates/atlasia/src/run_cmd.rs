@@ -5,17 +5,13 @@
 use crate::cli::RunArgs;
 use crate::commands::{CliError, open_store};
 use atlasia_core::{Run, RunId, RunRequest, RunStatus, Timestamp};
-use atlasia_engine::contracts::Contracts;
 use atlasia_engine::forge::{RepoAccess, branch_name};
-use atlasia_engine::ledger::StoreRecorder;
-use atlasia_engine::policy::PathPolicy;
-use atlasia_engine::worker::{Worker, WorkerConfig};
-use atlasia_llm::Gateway;
-use atlasia_server::Settings;
+use atlasia_engine::worker::Worker;
+use atlasia_server::compose::Reach;
+use atlasia_server::{Settings, StartError};
 use atlasia_store::{Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,12 +65,21 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
         eprintln!("{banner}");
     }
     let store = open_store(&settings).await?;
-    let recorder = StoreRecorder::spawn(store.clone(), &tracker, shutdown.clone());
-    let gateway = Gateway::new(&settings.llm, settings.agents.clone(), Arc::new(recorder))
-        .map_err(|e| CliError::BadInput(format!("LLM settings: {e}")))?;
-    atlasia_engine::ledger::seed_today(&store, gateway.budgets()).await?;
-    let contracts =
-        Contracts::embedded().map_err(|e| CliError::BadInput(format!("agent contracts: {e}")))?;
+    // `atlasia run` works on local repositories; the user's own process may name any folder.
+    let reach = Reach {
+        github: None,
+        repos: RepoAccess {
+            roots: None,
+            import: settings.import_limits(),
+        },
+    };
+    let engine =
+        atlasia_server::compose::engine(&settings, &store, &tracker, shutdown.clone(), reach)
+            .await
+            .map_err(|e| match e {
+                StartError::Setup(why) => CliError::BadInput(why),
+                other => other.into(),
+            })?;
     let run = store.create_run(&new).await.map_err(|e| match e {
         StoreError::RunActive(id) => CliError::BadInput(format!(
             "--issue-number: run {} of this repository and issue is still active; cancel it or let it finish first",
@@ -88,26 +93,12 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
         repo.display(),
         branch_name(run.issue_number, &run.id.to_string())
     );
-    let config = WorkerConfig {
-        lease: Duration::from_millis(settings.engine.lease_ms),
-        poll: Duration::from_millis(settings.engine.poll_ms),
-        data_dir: settings.storage.data_dir.clone(),
-        limits: settings.engine.limits(),
-        policy: PathPolicy::from_env().with_known_secrets(store.redactor().clone()),
-        // `atlasia run` works on local repositories.
-        github: None,
-        sandbox: atlasia_engine::sandbox::Sandbox::start(settings.sandbox_config()).await,
-        repos: RepoAccess {
-            roots: None,
-            import: settings.import_limits(),
-        },
-    };
     let owner = format!("cli-{}-{}", std::process::id(), Timestamp::now().0);
     let worker = Worker::new(
         store.clone(),
-        Arc::new(gateway),
-        Arc::new(contracts),
-        config,
+        engine.gateway,
+        engine.contracts,
+        engine.workers,
         owner,
     );
 
@@ -233,7 +224,7 @@ async fn summary(store: &Store, run: &Run) -> Result<u8, CliError> {
     }
     match latest("test_report").await? {
         Some(t) => {
-            let label = match atlasia_engine::bolt::test_status(&t.payload) {
+            let label = match atlasia_engine::steps::test_status(&t.payload) {
                 "passed" => "passed",
                 "not_run" => "untested",
                 _ => "FAILED",
@@ -243,7 +234,7 @@ async fn summary(store: &Store, run: &Run) -> Result<u8, CliError> {
                 t.payload["summary"].as_str().unwrap_or("")
             );
             // The evidence exactly: each command, its result and duration, where it came from.
-            for line in atlasia_engine::bolt::evidence(&t.payload) {
+            for line in atlasia_engine::steps::evidence(&t.payload) {
                 println!("  evidence: {line}");
             }
         }
@@ -262,11 +253,11 @@ async fn summary(store: &Store, run: &Run) -> Result<u8, CliError> {
             EXIT_NEEDS_HUMAN
         }
         RunStatus::WaitingGate => {
-            let gate = if run.current_step.as_deref() == Some("WRITER") {
-                atlasia_engine::worker::PUBLISH_GATE
-            } else {
-                atlasia_engine::worker::ARCHITECTURE_GATE
-            };
+            let gate = atlasia_core::Gate::ALL
+                .into_iter()
+                .find(|g| run.current_step.as_deref() == Some(g.then().as_str()))
+                .unwrap_or(atlasia_core::Gate::ArchitectureApproval)
+                .as_str();
             println!(
                 "waiting:  at the {gate} gate. Start `atlasia serve` and answer with\n          \
                  POST /api/runs/{}/gates/{gate}/respond {{\"decision\":\"approve\"}}",

@@ -397,7 +397,7 @@ async fn guidance_in_input(db: Db) {
 
     let id = run_at(&store, RunStatus::Escalated).await;
     let run = store.get_run(id).await.unwrap();
-    let plain = atlasia_engine::steps::inputs(&store, &run, pm, &Default::default())
+    let plain = atlasia_engine::steps::agent::inputs(&store, &run, pm, &Default::default())
         .await
         .unwrap();
     assert!(!plain.contains("operator_guidance"), "{plain}");
@@ -412,7 +412,7 @@ async fn guidance_in_input(db: Db) {
     };
     let run = store.decide(id, &decision).await.unwrap();
     assert_eq!(run.status, RunStatus::Pending);
-    let user = atlasia_engine::steps::inputs(&store, &run, pm, &Default::default())
+    let user = atlasia_engine::steps::agent::inputs(&store, &run, pm, &Default::default())
         .await
         .unwrap();
     let doc: Value = serde_json::from_str(&user).unwrap();

@@ -10,10 +10,51 @@
 
 use super::local::{LocalForge, Workspace};
 use atlasia_github::{
-    CheckOutcome, CheckWait, GitAuth, GithubClient, NewPullRequest, PrAction, PullRequest, RepoName,
+    CheckOutcome, CheckWait, GitAuth, GithubClient, GithubError, NewPullRequest, PrAction,
+    PullRequest, RepoName,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// What talking to GitHub can fail with: its REST API (typed, with its own retry verdict) or
+/// git against it (the scrubbed stderr of clone, fetch or push).
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Api(#[from] GithubError),
+    #[error("{0}")]
+    Git(String),
+}
+
+/// What git prints when the network or the server failed, not the request: the same push
+/// may work in a moment. Anything else (refused credentials, a rejected non-fast-forward, a
+/// missing repository) would fail the same way again.
+const PASSING_GIT_FAULTS: [&str; 10] = [
+    "could not resolve host",
+    "connection refused",
+    "connection timed out",
+    "operation timed out",
+    "connection reset",
+    "early eof",
+    "rpc failed",
+    "the remote end hung up unexpectedly",
+    "502",
+    "503",
+];
+
+impl RemoteError {
+    /// True when the same operation may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Api(e) => e.is_retryable(),
+            Self::Git(stderr) => {
+                let s = stderr.to_lowercase();
+                !s.contains("authentication failed")
+                    && PASSING_GIT_FAULTS.iter().any(|f| s.contains(f))
+            }
+        }
+    }
+}
 
 /// The marker that identifies a run's progress comment on its issue.
 pub fn comment_marker(run_id: &str) -> String {
@@ -67,20 +108,12 @@ impl GithubForge {
         repo: &RepoName,
         run_id: &str,
         branch: &str,
-    ) -> Result<Workspace, String> {
+    ) -> Result<Workspace, RemoteError> {
         if let Some(ws) = local.existing(run_id).filter(|ws| ws.branch == branch) {
             return Ok(ws);
         }
-        let info = self
-            .client
-            .repository(repo)
-            .await
-            .map_err(|e| format!("GitHub repository {repo}: {e}"))?;
-        let auth = self
-            .client
-            .clone_url_and_auth(repo)
-            .await
-            .map_err(|e| format!("GitHub credentials for {repo}: {e}"))?;
+        let info = self.client.repository(repo).await?;
+        let auth = self.client.clone_url_and_auth(repo).await?;
         let _guard = self.lock.lock().await;
         let dir = self.clones.join(&repo.owner).join(&repo.name);
         let default = info.default_branch.clone();
@@ -89,30 +122,27 @@ impl GithubForge {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _in_run = span.enter();
-            sync_clone(&dir, &auth, &default, &branch_owned)?;
+            sync_clone(&dir, &auth, &default, &branch_owned).map_err(RemoteError::Git)?;
             local
                 .prepare_clone(&dir, &run_owned, &branch_owned)
-                .map_err(|e| e.to_string())
+                .map_err(|e| RemoteError::Git(e.to_string()))
         })
         .await
-        .map_err(|e| format!("preparing {repo}: {e}"))?
+        .map_err(|e| RemoteError::Git(format!("preparing {repo}: {e}")))?
     }
 
     /// Pushes the worktree's HEAD to `branch` on GitHub (fast-forward only: the bot never
     /// rewrites a branch someone else may have pushed to).
-    pub async fn push(&self, repo: &RepoName, ws: &Workspace) -> Result<(), String> {
-        let auth = self
-            .client
-            .clone_url_and_auth(repo)
-            .await
-            .map_err(|e| format!("GitHub credentials for {repo}: {e}"))?;
+    pub async fn push(&self, repo: &RepoName, ws: &Workspace) -> Result<(), RemoteError> {
+        let auth = self.client.clone_url_and_auth(repo).await?;
         let (path, branch) = (ws.path.clone(), ws.branch.clone());
         tokio::task::spawn_blocking(move || {
             let refspec = format!("HEAD:refs/heads/{branch}");
             git_auth(&path, &auth, &["push", "--quiet", "origin", &refspec]).map(|_| ())
         })
         .await
-        .map_err(|e| format!("pushing: {e}"))?
+        .map_err(|e| RemoteError::Git(format!("pushing: {e}")))?
+        .map_err(RemoteError::Git)
     }
 
     /// Opens the pull request or updates the open one for the same head.
@@ -120,19 +150,13 @@ impl GithubForge {
         &self,
         repo: &RepoName,
         new: &NewPullRequest,
-    ) -> Result<(PullRequest, PrAction), String> {
-        self.client
-            .create_or_update_pull_request(repo, new)
-            .await
-            .map_err(|e| format!("pull request on {repo}: {e}"))
+    ) -> Result<(PullRequest, PrAction), GithubError> {
+        self.client.create_or_update_pull_request(repo, new).await
     }
 
     /// Waits for the check runs of `sha` (bounded by the settings).
-    pub async fn checks(&self, repo: &RepoName, sha: &str) -> Result<CheckOutcome, String> {
-        self.client
-            .wait_for_checks(repo, sha, &self.checks)
-            .await
-            .map_err(|e| format!("check runs of {sha}: {e}"))
+    pub async fn checks(&self, repo: &RepoName, sha: &str) -> Result<CheckOutcome, GithubError> {
+        self.client.wait_for_checks(repo, sha, &self.checks).await
     }
 
     /// Creates or edits the run's progress comment on `issue` (found by its marker): one

@@ -17,8 +17,8 @@ use serde_json::json;
 
 /// The gates the engine can stop at; a run waits at most at one of them.
 pub const GATES: [&str; 2] = [
-    atlasia_engine::worker::ARCHITECTURE_GATE,
-    atlasia_engine::worker::PUBLISH_GATE,
+    atlasia_core::Gate::ArchitectureApproval.as_str(),
+    atlasia_core::Gate::PublishApproval.as_str(),
 ];
 
 /// Longest gate comment, in characters.

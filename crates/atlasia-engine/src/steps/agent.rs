@@ -1,10 +1,11 @@
-//! The pipeline's order and one structured-output agent step: the contract's prompt as the
+//! One structured-output agent conversation, shared by the steps: the contract's prompt as the
 //! system message, the run's issue, earlier artifacts and any operator guidance as the user
 //! message, the artifact's schema as `response_format`; the answer is parsed and validated, and
 //! re-asked with the validation errors at most [`MAX_REASKS`] times.
 
 use crate::contracts::{AgentContract, ValidationIssue, reask_message};
 use crate::ctx::{CallError, StepCtx};
+use crate::error::EngineError;
 use atlasia_core::Run;
 use atlasia_llm::{ChatRequest, JsonSchema, Message, Role};
 use atlasia_store::{Store, StoreError};
@@ -13,48 +14,6 @@ use serde_json::{Map, Value, json};
 /// How many times an invalid answer is sent back with its validation errors before the step
 /// fails (the issue asks for "once or twice").
 pub const MAX_REASKS: usize = 2;
-
-/// The first step of every run.
-pub const FIRST_STEP: &str = "PM";
-
-/// The pipeline, in order.
-pub const PIPELINE: [&str; 8] = [
-    "PM",
-    "QUALIFIER",
-    "ARCHITECT",
-    "DEVELOPER",
-    "REVIEW",
-    "TESTER",
-    "JUDGE",
-    "WRITER",
-];
-
-/// The planning steps, each one structured conversation: (step, agent contract name).
-pub const AGENT_STEPS: [(&str, &str); 3] = [
-    ("PM", "pm"),
-    ("QUALIFIER", "qualifier"),
-    ("ARCHITECT", "architect"),
-];
-
-/// The step after `step` in the straight pipeline (loop-backs are decided by the steps).
-pub fn next_step(step: &str) -> Option<&'static str> {
-    let at = PIPELINE.iter().position(|s| *s == step)?;
-    PIPELINE.get(at + 1).copied()
-}
-
-/// How an agent step ended, short of an infrastructure error.
-#[derive(Debug)]
-pub enum AgentOutcome {
-    /// A valid artifact.
-    Artifact(Value),
-    /// The step cannot succeed (invalid output after the re-asks, a refused or failed LLM
-    /// call); the message says why, for the run's `error`.
-    Failed(String),
-    /// Cancelled (lease lost, pause, cancel or shutdown): nothing is written.
-    Cancelled,
-    /// A human must decide (the budget is spent); the message says why.
-    Escalate(String),
-}
 
 /// Context that is not an artifact, gathered by the caller from the bolt's worktree (each
 /// optional: a run whose repository cannot be prepared still plans).
@@ -155,17 +114,32 @@ fn parse_answer(text: &str) -> Result<Value, Vec<ValidationIssue>> {
         .map_err(|e| vec![ValidationIssue::new("", format!("is not valid JSON: {e}"))])
 }
 
-/// Runs `contract` in `ctx`: one call, then up to [`MAX_REASKS`] corrections.
-pub async fn run_agent(ctx: &StepCtx<'_>, contract: &AgentContract, user: String) -> AgentOutcome {
+impl From<CallError> for EngineError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Cancelled => Self::Cancelled,
+            CallError::Failed(e) => Self::Llm(e),
+            CallError::Budget(e) => Self::Budget(e),
+        }
+    }
+}
+
+/// Runs `contract` in `ctx`: one call, then up to [`MAX_REASKS`] corrections; the valid
+/// artifact.
+pub async fn run_agent(
+    ctx: &StepCtx<'_>,
+    contract: &AgentContract,
+    user: String,
+) -> Result<Value, EngineError> {
     let contracts = ctx.contracts;
     let (Some(kind), Some(schema)) = (
         contract.output.as_deref(),
         contract.output.as_deref().and_then(|k| contracts.schema(k)),
     ) else {
-        return AgentOutcome::Failed(format!(
+        return Err(EngineError::Step(format!(
             "agent {} has no output schema; it cannot run as a structured step",
             contract.name
-        ));
+        )));
     };
     let mut messages = vec![
         Message::text(Role::System, contract.prompt.clone()),
@@ -182,18 +156,13 @@ pub async fn run_agent(ctx: &StepCtx<'_>, contract: &AgentContract, user: String
             }),
             ..ChatRequest::default()
         };
-        let answer = match ctx.chat(contract, req).await {
-            Ok(a) => a,
-            Err(CallError::Cancelled) => return AgentOutcome::Cancelled,
-            Err(CallError::Failed(e)) => return AgentOutcome::Failed(e),
-            Err(CallError::Budget(e)) => return AgentOutcome::Escalate(e),
-        };
+        let answer = ctx.chat(contract, req).await?;
         let text = answer.content.unwrap_or_default();
         let issues = match parse_answer(&text).and_then(|v| {
             contracts.validate(kind, &v)?;
             Ok(v)
         }) {
-            Ok(v) => return AgentOutcome::Artifact(v),
+            Ok(v) => return Ok(v),
             Err(issues) => issues,
         };
         tracing::info!(run = %ctx.run.id, agent = %contract.name, problems = issues.len(),
@@ -203,27 +172,16 @@ pub async fn run_agent(ctx: &StepCtx<'_>, contract: &AgentContract, user: String
         last_issues = issues;
     }
     let detail: Vec<String> = last_issues.iter().map(ToString::to_string).collect();
-    AgentOutcome::Failed(format!(
+    Err(EngineError::Step(format!(
         "{}: output is not a valid {kind} after {MAX_REASKS} re-asks: {}",
         contract.name,
         detail.join("; ")
-    ))
+    )))
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "a test should fail loudly")]
 mod tests {
     use super::*;
-    use crate::contracts::Contracts;
-
-    #[test]
-    fn order_follows_the_pipeline() {
-        assert_eq!(next_step("PM"), Some("QUALIFIER"));
-        assert_eq!(next_step("ARCHITECT"), Some("DEVELOPER"));
-        assert_eq!(next_step("JUDGE"), Some("WRITER"));
-        assert_eq!(next_step("WRITER"), None);
-        assert_eq!(next_step("NOPE"), None);
-    }
 
     #[test]
     fn answers_parse_with_or_without_fences() {
@@ -233,14 +191,5 @@ mod tests {
             Some(json!({"a": 1}))
         );
         assert!(parse_answer("sure! here it is").is_err());
-    }
-
-    #[test]
-    fn every_implemented_step_has_a_contract_with_a_schema() {
-        let c = Contracts::embedded().unwrap();
-        for (_, agent) in AGENT_STEPS {
-            let a = c.agent(agent).unwrap();
-            assert!(c.schema(a.output.as_deref().unwrap()).is_some(), "{agent}");
-        }
     }
 }
