@@ -6,6 +6,7 @@
 use crate::contracts::{AgentContract, Contracts};
 use atlasia_core::{EventKind, Run};
 use atlasia_llm::{CallMeta, ChatRequest, ChatResponse, Gateway};
+use atlasia_resilience::{RetryPolicy, sleep_or_cancel};
 use atlasia_store::Store;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -14,9 +15,12 @@ use std::time::{Duration, Instant};
 /// (every endpoint rate-limited, overloaded, unreachable or behind an open breaker) before the
 /// step fails: a burst of 429s must slow bolts down, not lose them.
 pub const LLM_PATIENCE: Duration = Duration::from_secs(10 * 60);
-/// First wait between such retries; doubles up to [`LLM_RETRY_MAX`].
-const LLM_RETRY_FIRST: Duration = Duration::from_secs(2);
-const LLM_RETRY_MAX: Duration = Duration::from_secs(60);
+/// The waits between such retries: jittered, their ceiling 2 s doubling up to 60 s.
+const LLM_RETRY: RetryPolicy = RetryPolicy {
+    attempts: u32::MAX,
+    base: Duration::from_secs(2),
+    cap: Duration::from_secs(60),
+};
 
 /// True when every endpoint failed for a reason that passes with time.
 fn passing(e: &atlasia_llm::GatewayError) -> bool {
@@ -113,12 +117,13 @@ impl StepCtx<'_> {
         )
         .await;
         let started = Instant::now();
-        let mut wait = LLM_RETRY_FIRST;
+        let mut retries = 0u32;
         let answer = loop {
             let answer = tokio::select! {
                 r = self.gateway.chat(&meta, req.clone()) => r,
                 () = self.cancel.cancelled() => return Err(CallError::Cancelled),
             };
+            let wait = LLM_RETRY.backoff(retries);
             match answer {
                 Err(e) if passing(&e) && started.elapsed() + wait < self.patience => {
                     tracing::warn!(run = %self.run.id, agent = %contract.name, error = %e,
@@ -129,11 +134,10 @@ impl StepCtx<'_> {
                                "error": e.to_string(), "retry_in_ms": wait.as_millis()}),
                     )
                     .await;
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.cancel.cancelled() => return Err(CallError::Cancelled),
+                    if !sleep_or_cancel(wait, self.cancel).await {
+                        return Err(CallError::Cancelled);
                     }
-                    wait = (wait * 2).min(LLM_RETRY_MAX);
+                    retries = retries.saturating_add(1);
                 }
                 other => break other,
             }

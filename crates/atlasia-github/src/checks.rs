@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use atlasia_llm::backoff::RetryPolicy;
+use atlasia_resilience::RetryPolicy;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -101,10 +101,7 @@ impl GithubClient {
                 return Ok(CheckOutcome::TimedOut { pending });
             }
             // Full jitter, but never a busy loop: at least half the base interval.
-            let delay = policy
-                .delay(polls, None, &mut rand::rng())
-                .unwrap_or(wait.poll)
-                .max(wait.poll / 2);
+            let delay = policy.backoff(polls).max(wait.poll / 2);
             polls = polls.saturating_add(1);
             let mut until = now + delay;
             // Look again right when the grace period ends, and never sleep past the deadline.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use atlasia_llm::backoff::RetryPolicy;
-use atlasia_llm::breaker::{BreakerConfig, CircuitBreaker};
+use atlasia_resilience::RetryPolicy;
+use atlasia_resilience::{BreakerConfig, CircuitBreaker};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -413,11 +413,7 @@ impl GithubClient {
                     | GithubError::Timeout { .. }
             );
             if transient && inner.cfg.retry.allows(retries) {
-                let delay = inner
-                    .cfg
-                    .retry
-                    .delay(retries, None, &mut rand::rng())
-                    .unwrap_or(inner.cfg.retry.base);
+                let delay = inner.cfg.retry.backoff(retries);
                 retries += 1;
                 tracing::warn!(route = call.route, error = %err, delay_ms = delay.as_millis() as u64, "GitHub call failed; retrying");
                 tokio::time::sleep(delay).await;

@@ -10,7 +10,7 @@ use atlasia_github::{
     NewPullRequest, PrAction, RepoName,
 };
 use atlasia_github_sim::{SimCheck, SimConfig, SimGithub};
-use atlasia_llm::backoff::RetryPolicy;
+use atlasia_resilience::RetryPolicy;
 use secrecy::SecretString;
 use std::path::Path;
 use std::sync::OnceLock;

@@ -4,8 +4,6 @@
 //! fails, the error lists each one's cause. Streams get the same guarantees: a stream that fails
 //! before its first event fails over; one that breaks later ends with an error event.
 
-use crate::backoff::RetryPolicy;
-use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::budget::{BudgetConfig, BudgetError, BudgetLevel, Budgets, Reservation};
 use crate::cache::{CacheConfig, ResponseCache};
 use crate::config::{AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting};
@@ -14,6 +12,7 @@ use crate::pricing::{PriceTable, estimate_tokens};
 use crate::provider::{Endpoint, ProviderClient, Wire};
 use crate::record::{CallRecord, CallRecorder};
 use crate::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent, Usage, metrics};
+use atlasia_resilience::{BreakerConfig, CircuitBreaker, Permit, RetryPolicy};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::collections::{BTreeMap, HashMap};
@@ -482,7 +481,7 @@ impl Gateway {
         st: &EndpointState,
         meta: &CallMeta,
         est_in: u64,
-    ) -> Result<crate::breaker::Permit, LlmError> {
+    ) -> Result<Permit, LlmError> {
         let permit = st.breaker.try_acquire().map_err(|open| {
             LlmError::new(
                 ErrorKind::CircuitOpen,
@@ -704,7 +703,7 @@ impl Gateway {
         meta: CallMeta,
         key: String,
         started: Instant,
-        permit: crate::breaker::Permit,
+        permit: Permit,
         reservation: Reservation,
         first: StreamEvent,
         mut rest: BoxStream<'static, Result<StreamEvent, LlmError>>,

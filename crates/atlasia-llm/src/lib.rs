@@ -3,8 +3,6 @@
 //! response cache, pricing and budgets, and metrics. It records its calls through a trait its
 //! caller supplies; it never touches the store.
 
-pub mod backoff;
-pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod config;

@@ -9,7 +9,7 @@ use atlasia_github::api::truncate;
 use atlasia_github::{
     AppKey, CheckWait, Credentials, GithubClient, GithubConfig, GithubError, IssueContext, RepoName,
 };
-use atlasia_llm::backoff::RetryPolicy;
+use atlasia_resilience::RetryPolicy;
 use std::time::Duration;
 
 /// The label that starts a bolt.

@@ -303,7 +303,14 @@ impl Store {
             return;
         };
         tokio::pin!(stop);
-        let mut backoff = Duration::from_millis(250);
+        // Reconnect attempts back off from 250 ms up to 30 s, jittered so replicas that lost
+        // the database together do not come back together.
+        let retry = atlasia_resilience::RetryPolicy {
+            attempts: u32::MAX,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(30),
+        };
+        let mut failures = 0u32;
         loop {
             let listener = async {
                 let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
@@ -316,16 +323,16 @@ impl Store {
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot listen for queued runs; retrying");
                         tokio::select! {
-                            () = tokio::time::sleep(backoff) => {}
+                            () = tokio::time::sleep(retry.backoff(failures)) => {}
                             () = &mut stop => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        failures = failures.saturating_add(1);
                         continue;
                     }
                 },
                 () = &mut stop => return,
             };
-            backoff = Duration::from_millis(250);
+            failures = 0;
             // Runs announced while we were not listening are found by the next claim.
             self.wake_workers();
             loop {

@@ -2,15 +2,15 @@
 //! endpoint for `open_for`, then lets a few probe calls through; their verdict decides whether
 //! the endpoint is back. Verdicts arrive through a `Permit`, so a call that is cancelled or
 //! panics cannot leave a probe slot taken forever, and a verdict from before a state change
-//! (a slow call that started while closed) cannot decide the next state.
+//! (a slow call that started while closed) cannot decide the next state. The caller decides
+//! what counts as a failure (a 5xx, a timeout) and what is no verdict (a 4xx that is the
+//! request's fault, a rate limit): the breaker knows no error types.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use crate::{ErrorKind, LlmError};
 
 /// When to open and how to recover.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +39,7 @@ impl Default for BreakerConfig {
     }
 }
 
-/// The state as the `llm_circuit_state{provider}` gauge reports it.
+/// The state as a circuit-state gauge reports it (e.g. `llm_circuit_state{provider}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
@@ -65,15 +65,6 @@ pub struct Open {
     /// Until the breaker probes again; zero when half-open and all probe slots are taken
     /// (their verdict is imminent).
     pub retry_in: Duration,
-}
-
-impl From<Open> for LlmError {
-    fn from(e: Open) -> Self {
-        LlmError {
-            retry_after: Some(e.retry_in),
-            ..LlmError::new(ErrorKind::CircuitOpen, e.to_string())
-        }
-    }
 }
 
 /// A cheap-to-clone handle; clones share one breaker.

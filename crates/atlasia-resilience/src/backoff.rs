@@ -1,11 +1,12 @@
-//! How long to wait before retrying a transient failure on the same endpoint: exponential
-//! backoff with full jitter (so clients that failed together do not retry together),
-//! never shorter than the provider's `Retry-After`, and never a long wait here when another
-//! endpoint could answer now.
+//! How long to wait before retrying a transient failure: exponential backoff with full jitter
+//! (so clients that failed together do not retry together), never shorter than the server's
+//! `Retry-After`, and never a long wait here when another endpoint could answer now. Plus the
+//! one way to wait: [`sleep_or_cancel`], which a shutdown or a cancelled run cuts short.
 
 use std::time::Duration;
 
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 /// Retry schedule for one endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +53,24 @@ impl RetryPolicy {
         let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         let jitter = Duration::from_nanos(rng.random_range(0..=ceiling_ns));
         Some(jitter.max(retry_after.unwrap_or_default()))
+    }
+
+    /// The delay before retry number `attempt` when the server named no `Retry-After`, drawn
+    /// from the thread's generator (draw it before an `.await`: that generator is not `Send`).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.delay(attempt, None, &mut rand::rng())
+            .unwrap_or(self.cap)
+    }
+}
+
+/// Sleeps for `delay` unless `cancel` fires first. True when the whole delay passed, false when
+/// cancelled (at once if it already was): the caller stops retrying instead of sleeping on
+/// through a shutdown or a cancelled run.
+pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -118,5 +137,41 @@ mod tests {
             p.delay(0, Some(Duration::from_secs(30)), &mut rng)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn backoff_stays_under_each_attempts_ceiling() {
+        let p = RetryPolicy::default();
+        for (attempt, ceiling_s) in [(0, 1), (3, 8), (40, 30)] {
+            let ceiling = Duration::from_secs(ceiling_s);
+            assert!(
+                (0..200).all(|_| p.backoff(attempt) <= ceiling),
+                "attempt {attempt}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleep_or_cancel_sleeps_the_whole_delay_when_nothing_cancels() {
+        let cancel = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        assert!(sleep_or_cancel(Duration::from_secs(5), &cancel).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleep_or_cancel_returns_false_as_soon_as_cancelled() {
+        let cancel = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            canceller.cancel();
+        });
+        assert!(!sleep_or_cancel(Duration::from_secs(60), &cancel).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Already cancelled: no wait at all, even for a zero delay (no race with the timer).
+        assert!(!sleep_or_cancel(Duration::ZERO, &cancel).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 }

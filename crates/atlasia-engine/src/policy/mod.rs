@@ -1,7 +1,10 @@
 //! The path policy every agent file access passes through: writes stay inside the bolt's tree,
 //! under the `REPO_ALLOWLIST` prefixes when set, away from `WORKFLOW_PROTECT` (which escalates to a
 //! human instead of writing), within a size limit, and never carry private keys or tokens.
-//! Reads get the same containment checks (no absolute paths, no `..`, no symlink escape).
+//! Reads get the same containment checks (no absolute paths, no `..`, no symlink escape). The
+//! allow-list of the commands an agent may run sits beside it, in [`commands`].
+
+pub mod commands;
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
