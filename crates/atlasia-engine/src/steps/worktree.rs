@@ -11,7 +11,7 @@ use crate::forge::{ForgeError, Workspace, branch_name};
 use crate::steps::agent::Context;
 use atlasia_core::EventKind;
 use atlasia_github::RepoName;
-use atlasia_llm::backoff::RetryPolicy;
+use atlasia_resilience::{RetryPolicy, sleep_or_cancel};
 use atlasia_store::StoreError;
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
@@ -225,15 +225,14 @@ pub(super) async fn push(ctx: &StepCtx<'_>, env: &Env, ws: &Workspace) -> Result
             }
             Err(e) => EngineError::github(format!("pushing {} to {name}", ws.branch), e),
         };
-        let delay = (err.is_retryable() && PUSH_RETRY.allows(attempt))
-            .then(|| PUSH_RETRY.delay(attempt, None, &mut rand::rng()))
-            .flatten();
-        let Some(delay) = delay else { return Err(err) };
+        if !(err.is_retryable() && PUSH_RETRY.allows(attempt)) {
+            return Err(err);
+        }
+        let delay = PUSH_RETRY.backoff(attempt);
         tracing::warn!(run = %ctx.run.id, error = %err, delay_ms = delay.as_millis() as u64,
             "push failed for a passing reason; retrying");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = ctx.cancel.cancelled() => return Err(EngineError::Cancelled),
+        if !sleep_or_cancel(delay, ctx.cancel).await {
+            return Err(EngineError::Cancelled);
         }
         attempt += 1;
     }
