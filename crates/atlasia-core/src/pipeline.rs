@@ -181,11 +181,13 @@ pub enum EscalationReason {
     Developer,
     /// The sandbox cannot run commands.
     Sandbox,
+    /// An agent's answers stayed invalid (or cut by the output bound) after the re-asks.
+    InvalidOutput,
 }
 
 impl EscalationReason {
     /// Every reason (the escalation schema's enum lists the same codes).
-    pub const ALL: [EscalationReason; 9] = [
+    pub const ALL: [EscalationReason; 10] = [
         Self::NoChange,
         Self::Untested,
         Self::TestsFailed,
@@ -195,6 +197,7 @@ impl EscalationReason {
         Self::Policy,
         Self::Developer,
         Self::Sandbox,
+        Self::InvalidOutput,
     ];
 
     /// The stored code.
@@ -209,15 +212,17 @@ impl EscalationReason {
             Self::Policy => "policy",
             Self::Developer => "developer",
             Self::Sandbox => "sandbox",
+            Self::InvalidOutput => "invalid_output",
         }
     }
 
     /// Where a PROCEED resumes when the bolt stopped at `step` for this reason: a raised budget
-    /// retries the same step, a repaired sandbox runs the tests again, and everything else is
-    /// the Developer's to fix (with the human's guidance).
+    /// or an agent that could not answer validly retries the same step (with the human's
+    /// guidance, or another model), a repaired sandbox runs the tests again, and everything
+    /// else is the Developer's to fix.
     pub fn resume_at(self, step: Step) -> Step {
         match self {
-            Self::Budget => step,
+            Self::Budget | Self::InvalidOutput => step,
             Self::Sandbox => Step::Tester,
             _ => Step::Developer,
         }
@@ -634,7 +639,7 @@ mod tests {
                         a,
                     );
                     let resume = match reason {
-                        EscalationReason::Budget => step,
+                        EscalationReason::Budget | EscalationReason::InvalidOutput => step,
                         EscalationReason::Sandbox => Step::Tester,
                         _ => Step::Developer,
                     };
@@ -706,7 +711,8 @@ mod tests {
                 "budget",
                 "policy",
                 "developer",
-                "sandbox"
+                "sandbox",
+                "invalid_output"
             ]
         );
         for r in EscalationReason::ALL {

@@ -61,7 +61,8 @@ impl Driver<'_> {
                 owner: self.owner,
                 step,
                 cancel: held,
-                patience: self.env.limits.llm_patience,
+                limits: &self.env.limits,
+                simulator: self.env.simulator,
             };
             let started = std::time::Instant::now();
             let result = steps::execute(&ctx, self.env).await;
@@ -79,6 +80,14 @@ impl Driver<'_> {
                 Err(EngineError::Store(e)) => return Err(e),
                 Err(EngineError::Budget(note)) => StepOutput {
                     outcome: Outcome::Blocked(EscalationReason::Budget),
+                    artifacts: Vec::new(),
+                    events: Vec::new(),
+                    note,
+                },
+                // A model that cannot produce a valid answer is a human's call (another model,
+                // guidance), not a dead bolt.
+                Err(EngineError::Invalid(note)) => StepOutput {
+                    outcome: Outcome::Blocked(EscalationReason::InvalidOutput),
                     artifacts: Vec::new(),
                     events: Vec::new(),
                     note,
@@ -129,6 +138,7 @@ impl Driver<'_> {
                     format!("step {step} ended with {outcome:?}, which it cannot report")
                 };
                 tracing::warn!(run = %id, %step, %error, "step failed");
+                self.gateway.budgets().forget_run(&id.to_string());
                 self.store.fail_run(id, self.owner, &error).await?;
                 self.cleanup(run).await;
                 return Ok(false);
@@ -185,6 +195,12 @@ impl Driver<'_> {
                 release = Some((RunStatus::Escalated, blocker));
             }
             Transition::Done => release = Some((RunStatus::Done, "pull request ready".into())),
+        }
+        if release.is_some() {
+            // The bolt leaves this worker: its spend is no longer tracked here (whoever drives
+            // it next seeds it again from the ledger), and watchers that see the new status
+            // see the ledger gone too.
+            self.gateway.budgets().forget_run(&id.to_string());
         }
         let end = StepEnd {
             step: step.as_str(),
@@ -270,6 +286,7 @@ fn stopped_by(reason: EscalationReason) -> &'static str {
         EscalationReason::Policy => "the path policy",
         EscalationReason::Developer => "the developer step (a protected write or the budget)",
         EscalationReason::Sandbox => "the sandbox",
+        EscalationReason::InvalidOutput => "an agent whose answers stayed invalid",
     }
 }
 

@@ -67,6 +67,9 @@ pub struct AgentContract {
     pub tools: Vec<Tool>,
     /// Bound on model turns: tool calls for a tool loop, answer + re-asks otherwise.
     pub max_turns: u32,
+    /// Output bound of one answer (`max_tokens`); `[agents.<name>] max_tokens` overrides it.
+    /// A structured answer cut there is asked again with twice the bound.
+    pub max_tokens: u32,
     /// The system prompt.
     pub prompt: String,
 }
@@ -399,6 +402,9 @@ fn check_agent(
     }
     if agent.max_turns == 0 {
         return fail("`max_turns` must be at least 1".to_owned());
+    }
+    if agent.max_tokens < 64 {
+        return fail("`max_tokens` must be at least 64".to_owned());
     }
     match (&agent.output, &agent.schema) {
         (None, None) => {

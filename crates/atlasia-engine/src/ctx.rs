@@ -22,6 +22,34 @@ const LLM_RETRY: RetryPolicy = RetryPolicy {
     cap: Duration::from_secs(60),
 };
 
+/// Where a simulator script starts and ends (`<!-- atlasia-sim … -->`). In a prompt the issue
+/// body is a JSON string, so its line breaks are `\n` escapes; the markers have none.
+const SIM_OPEN: &str = "<!-- atlasia-sim";
+const SIM_CLOSE: &str = "-->";
+/// What replaces a script.
+const SIM_CUT: &str = "[atlasia-sim script removed: it is for the simulator only]";
+
+/// `text` without its simulator scripts; `None` when it has none. An unclosed script is cut to
+/// the end (better too much than the answer key).
+pub fn without_sim_scripts(text: &str) -> Option<String> {
+    if !text.contains(SIM_OPEN) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(SIM_OPEN) {
+        out.push_str(&rest[..at]);
+        out.push_str(SIM_CUT);
+        let after = &rest[at + SIM_OPEN.len()..];
+        rest = match after.find(SIM_CLOSE) {
+            Some(end) => &after[end + SIM_CLOSE.len()..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// True when every endpoint failed for a reason that passes with time.
 fn passing(e: &atlasia_llm::GatewayError) -> bool {
     match e {
@@ -50,8 +78,10 @@ pub struct StepCtx<'a> {
     pub step: atlasia_core::Step,
     /// Cancelled when the lease is lost, the run is paused or cancelled, or on shutdown.
     pub cancel: &'a CancellationToken,
-    /// How long an LLM call that fails for a passing reason is retried (see [`LLM_PATIENCE`]).
-    pub patience: Duration,
+    /// The bolt's bounds: LLM patience (see [`LLM_PATIENCE`]), output bounds per agent.
+    pub limits: &'a crate::steps::BoltLimits,
+    /// The LLM is the built-in simulator (it alone may read `atlasia-sim` scripts).
+    pub simulator: bool,
 }
 
 /// Why an LLM call produced no answer.
@@ -98,7 +128,7 @@ impl StepCtx<'_> {
         req: ChatRequest,
     ) -> Result<ChatResponse, CallError> {
         let meta = self.meta(contract);
-        let req = self.without_secrets(req);
+        let req = self.hygienic(req);
         if let Some(resp) = self.replay(&meta, &req).await {
             self.emit(
                 EventKind::LlmCallCompleted,
@@ -125,7 +155,7 @@ impl StepCtx<'_> {
             };
             let wait = LLM_RETRY.backoff(retries);
             match answer {
-                Err(e) if passing(&e) && started.elapsed() + wait < self.patience => {
+                Err(e) if passing(&e) && started.elapsed() + wait < self.limits.llm_patience => {
                     tracing::warn!(run = %self.run.id, agent = %contract.name, error = %e,
                         retry_in_s = wait.as_secs(), "LLM unavailable; the step waits");
                     self.emit(
@@ -176,11 +206,12 @@ impl StepCtx<'_> {
     /// The request with the server's own secrets redacted from every message: a file the
     /// Developer read, a command's output or a prompt built from the repository may hold one,
     /// and it must not leave for the provider (nor come back in an answer that is published).
-    fn without_secrets(&self, mut req: ChatRequest) -> ChatRequest {
+    ///
+    /// The simulator's `atlasia-sim` script (the whole scripted fix, in the bundled example
+    /// issues) is cut from every message unless the model is the simulator itself: a real
+    /// model must solve the issue, not copy its answer key.
+    fn hygienic(&self, mut req: ChatRequest) -> ChatRequest {
         let redactor = self.store.redactor();
-        if redactor.is_empty() {
-            return req;
-        }
         // Message texts, and the arguments of earlier tool calls sent back as history.
         let texts = req.messages.iter_mut().flat_map(|m| {
             m.content
@@ -188,8 +219,13 @@ impl StepCtx<'_> {
                 .chain(m.tool_calls.iter_mut().map(|c| &mut c.arguments))
         });
         for text in texts {
-            if redactor.contains_secret(text) {
+            if !redactor.is_empty() && redactor.contains_secret(text) {
                 *text = redactor.clean(text).into_owned();
+            }
+            if !self.simulator
+                && let Some(cut) = without_sim_scripts(text)
+            {
+                *text = cut;
             }
         }
         req
@@ -205,5 +241,34 @@ impl StepCtx<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_scripts_are_cut_whole_and_everything_else_is_kept() {
+        let issue =
+            "Fix add().\n<!-- atlasia-sim\ndeveloper:\n  - write: {path: a.py}\n-->\nThanks";
+        assert_eq!(
+            without_sim_scripts(issue).as_deref(),
+            Some(format!("Fix add().\n{SIM_CUT}\nThanks").as_str())
+        );
+        // As a JSON string inside a prompt, and twice.
+        let prompt = serde_json::to_string(&format!("{issue} {issue}")).unwrap_or_default();
+        let cut = without_sim_scripts(&prompt).unwrap_or_default();
+        assert!(
+            !cut.contains("atlasia-sim\\n") && !cut.contains("a.py"),
+            "{cut}"
+        );
+        assert_eq!(cut.matches(SIM_CUT).count(), 2, "{cut}");
+        // Unclosed: cut to the end.
+        assert_eq!(
+            without_sim_scripts("x <!-- atlasia-sim secret fix").as_deref(),
+            Some(format!("x {SIM_CUT}").as_str())
+        );
+        assert_eq!(without_sim_scripts("no script <!-- a comment -->"), None);
     }
 }

@@ -12,7 +12,7 @@ use crate::contracts::{AgentContract, ValidationIssue, reask_message};
 use crate::ctx::{CallError, StepCtx};
 use crate::tools::{self, Executed, FINISH, ToolResult, Workdir};
 use atlasia_core::EventKind;
-use atlasia_llm::{ChatRequest, Message, Role, ToolCall, ToolChoice};
+use atlasia_llm::{ChatRequest, FinishReason, Message, Role, ToolCall, ToolChoice};
 use serde_json::{Value, json};
 
 /// Default bound on model turns (the developer contract's `max_turns`).
@@ -52,10 +52,25 @@ pub enum DeveloperOutcome {
         /// What was refused and why.
         reason: String,
     },
-    /// The loop cannot succeed (LLM failure, budgets exhausted, no tool calls).
+    /// The loop cannot succeed (LLM failure, budgets exhausted).
     Failed(String),
+    /// The model keeps answering unusably (prose instead of a tool call, answers cut by the
+    /// output bound): a human decides (another model, guidance).
+    Invalid(String),
     /// Cancelled (lease lost, pause, cancel, shutdown).
     Cancelled,
+}
+
+/// Answers cut by the output bound in a row before the loop gives up.
+const MAX_CUT_ANSWERS: u32 = 2;
+
+/// What the model is told after a cut answer (the cut text is dropped, not echoed).
+fn cut_note(at: u64) -> String {
+    format!(
+        "Your previous answer was cut at {at} tokens (the output limit), so its tool calls were \
+         not run. Work in smaller steps: one tool call at a time, and edit_file with short \
+         replacements instead of writing whole files."
+    )
 }
 
 /// Runs the developer loop for `contract` with `user` as the first user message.
@@ -91,6 +106,8 @@ pub async fn develop(
     ];
     let mut used_tokens: u64 = 0;
     let mut text_answers = 0u32;
+    let mut cut_answers = 0u32;
+    let mut bound = crate::steps::agent::output_bound(ctx, contract);
 
     for _turn in 0..limits.max_turns {
         if ctx.cancel.is_cancelled() {
@@ -100,6 +117,7 @@ pub async fn develop(
             messages: messages.clone(),
             tools: definitions.clone(),
             tool_choice: Some(ToolChoice::Required),
+            max_tokens: Some(bound),
             ..ChatRequest::default()
         };
         let resp = match ctx.chat(contract, req).await {
@@ -112,10 +130,30 @@ pub async fn develop(
             .saturating_add(resp.usage.input_tokens)
             .saturating_add(resp.usage.output_tokens);
 
+        if resp.finish_reason == FinishReason::Length {
+            // A cut tool call has cut arguments (half a file): never executed, never echoed.
+            let at = match resp.usage.output_tokens {
+                0 => u64::from(bound),
+                n => n,
+            };
+            cut_answers += 1;
+            if cut_answers > MAX_CUT_ANSWERS {
+                return DeveloperOutcome::Invalid(format!(
+                    "{}: the answer was cut at {at} tokens (max_tokens {bound}) {cut_answers} times in a row",
+                    contract.name
+                ));
+            }
+            bound = bound
+                .saturating_mul(2)
+                .min(crate::steps::agent::MAX_OUTPUT_TOKENS.max(bound));
+            messages.push(Message::text(Role::User, cut_note(at)));
+            continue;
+        }
+        cut_answers = 0;
         if resp.tool_calls.is_empty() {
             text_answers += 1;
             if text_answers >= 2 {
-                return DeveloperOutcome::Failed(format!(
+                return DeveloperOutcome::Invalid(format!(
                     "{}: answered with text instead of calling a tool {text_answers} times in a row",
                     contract.name
                 ));

@@ -37,8 +37,12 @@ pub enum EngineError {
     /// The bolt's (or the day's) LLM budget is spent: a human decides whether to go on.
     #[error("{0}")]
     Budget(String),
-    /// The step cannot succeed for a reason of its own (an answer that stayed invalid after
-    /// the re-asks, a missing contract, a repository that cannot be prepared).
+    /// An agent's answers stayed invalid (or were cut by the output bound) after the re-asks;
+    /// the message names the agent, the last validation errors and any truncation.
+    #[error("{0}")]
+    Invalid(String),
+    /// The step cannot succeed for a reason of its own (a missing contract, a repository that
+    /// cannot be prepared).
     #[error("{0}")]
     Step(String),
 }
@@ -67,9 +71,12 @@ impl EngineError {
         match self {
             Self::Store(e) => e.is_retryable(),
             Self::Github { source, .. } => source.is_retryable(),
-            Self::Cancelled | Self::Git { .. } | Self::Llm(_) | Self::Budget(_) | Self::Step(_) => {
-                false
-            }
+            Self::Cancelled
+            | Self::Git { .. }
+            | Self::Llm(_)
+            | Self::Budget(_)
+            | Self::Invalid(_)
+            | Self::Step(_) => false,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     /// Which local repositories bolts may work on (re-checked when a worktree is prepared),
     /// and the import caps.
     pub repos: RepoAccess,
+    /// The LLM is the built-in simulator (`[llm] simulator`): agents see `atlasia-sim` scripts.
+    pub simulator: bool,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +55,7 @@ impl Default for WorkerConfig {
             github: None,
             sandbox: Sandbox::default(),
             repos: RepoAccess::anywhere(),
+            simulator: false,
         }
     }
 }
@@ -132,6 +135,7 @@ impl Worker {
                 .unwrap_or_else(|_| config.data_dir.clone())
                 .join("cache"),
             sandbox: config.sandbox.clone(),
+            simulator: config.simulator,
         });
         Self {
             store,

@@ -165,6 +165,10 @@ impl Harness {
         limits: DeveloperLimits,
         cancel: &CancellationToken,
     ) -> DeveloperOutcome {
+        let limits_of_bolt = atlasia_engine::steps::BoltLimits {
+            llm_patience: std::time::Duration::ZERO,
+            ..Default::default()
+        };
         let ctx = StepCtx {
             store: &self.store,
             gateway: &self.gateway,
@@ -173,7 +177,8 @@ impl Harness {
             owner: &self.owner,
             step: atlasia_core::Step::Developer,
             cancel,
-            patience: std::time::Duration::ZERO,
+            limits: &limits_of_bolt,
+            simulator: true,
         };
         let contract = self.contracts.agent("developer").unwrap();
         let wd = Workdir::new(self.repo.path());
@@ -413,8 +418,8 @@ async fn the_token_budget_and_text_answers_end_the_loop() {
         Arc::new(|_n, _body| json!({"role": "assistant", "content": "I think the fix is easy."}));
     let h = Harness::start(script).await;
     let outcome = h.develop(DeveloperLimits::default()).await;
-    let DeveloperOutcome::Failed(why) = outcome else {
-        panic!("expected a failure, got {outcome:?}");
+    let DeveloperOutcome::Invalid(why) = outcome else {
+        panic!("expected an unusable answer, got {outcome:?}");
     };
     assert!(why.contains("instead of calling a tool"), "{why}");
     let requests = h.requests();

@@ -23,6 +23,9 @@ pub struct LlmSettings {
     pub budget: BudgetSettings,
     /// Price overrides, USD per million tokens, by model id.
     pub prices: BTreeMap<String, PriceSettings>,
+    /// The endpoints are Atlasia's simulator (`atlasia sim-llm`, or the offline demo): only
+    /// then do agents see the `atlasia-sim` scripts of issue bodies.
+    pub simulator: bool,
 }
 
 /// One logical model and the endpoints that serve it, tried in order.
@@ -143,6 +146,9 @@ pub struct AgentSettings {
     pub llm_model: Option<String>,
     /// The model it switches to past the soft budget threshold.
     pub cheaper_model: Option<String>,
+    /// Output bound of one answer, over the agent contract's `max_tokens` (the engine applies
+    /// it; a cut structured answer is asked again with twice the bound).
+    pub max_tokens: Option<u32>,
 }
 
 impl Default for RetrySettings {

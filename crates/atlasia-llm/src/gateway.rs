@@ -846,7 +846,7 @@ mod tests {
             "architect".to_owned(),
             AgentSettings {
                 llm_model: Some("special".into()),
-                cheaper_model: None,
+                ..AgentSettings::default()
             },
         );
         let g = Gateway::new(
@@ -879,7 +879,7 @@ mod tests {
         let mut agents = BTreeMap::new();
         let model = |m: &str| AgentSettings {
             llm_model: Some(m.into()),
-            cheaper_model: None,
+            ..AgentSettings::default()
         };
         agents.insert("reviewer".to_owned(), model("special"));
         // The environment's spelling of `reviewer-sre`.

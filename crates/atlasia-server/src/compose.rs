@@ -56,12 +56,16 @@ pub async fn engine(
         lease: Duration::from_millis(settings.engine.lease_ms),
         poll: Duration::from_millis(settings.engine.poll_ms),
         data_dir: settings.storage.data_dir.clone(),
-        limits: settings.engine.limits(),
+        limits: atlasia_engine::steps::BoltLimits {
+            output_tokens: settings.agent_output_tokens(),
+            ..settings.engine.limits()
+        },
         // The server's own secrets may never be written into a repository.
         policy: PathPolicy::from_env().with_known_secrets(store.redactor().clone()),
         github: reach.github,
         sandbox: Sandbox::start(settings.sandbox_config()).await,
         repos: reach.repos,
+        simulator: settings.llm.simulator,
     };
     Ok(Engine {
         gateway: Arc::new(gateway),

@@ -287,6 +287,7 @@ impl EngineSettings {
             output_cap: self.output_cap_bytes,
             developer_max_tokens: self.developer_max_tokens,
             llm_patience: std::time::Duration::from_secs(self.llm_patience_secs),
+            output_tokens: BTreeMap::new(),
         }
     }
 }
@@ -837,7 +838,7 @@ impl Settings {
     /// in silence); unknown keys inside a section are refused when the settings are read.
     fn validate_agents(&self) -> Result<(), SettingsError> {
         let known = Self::known_agents();
-        for name in self.agents.keys() {
+        for (name, agent) in &self.agents {
             let key = atlasia_llm::gateway::agent_key(name);
             if !known.contains(&key) {
                 return Err(SettingsError::new(
@@ -845,8 +846,32 @@ impl Settings {
                     format!("no such agent; known: {}", known.join(", ")),
                 ));
             }
+            if agent.max_tokens.is_some_and(|m| m < 64) {
+                return Err(SettingsError::new(
+                    &format!("agents.{name}.max_tokens"),
+                    "must be at least 64 (an answer that cannot hold a JSON object is useless)",
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The output bounds operators set per agent (`[agents.<name>] max_tokens`); `reviewer`
+    /// applies to the four review personas that have no bound of their own.
+    pub fn agent_output_tokens(&self) -> BTreeMap<String, u32> {
+        let mut bounds: BTreeMap<String, u32> = self
+            .agents
+            .iter()
+            .filter_map(|(name, a)| Some((atlasia_llm::gateway::agent_key(name), a.max_tokens?)))
+            .collect();
+        if let Some(all) = bounds.remove("reviewer") {
+            for name in Self::known_agents() {
+                if name.starts_with("reviewer-") {
+                    bounds.entry(name).or_insert(all);
+                }
+            }
+        }
+        bounds
     }
 }
 

@@ -41,6 +41,8 @@ pub async fn ensure_llm(
         }],
     });
     settings.llm.default_model = Some(SIM_MODEL.to_owned());
+    // The simulator alone reads the bundled issues' `atlasia-sim` scripts.
+    settings.llm.simulator = true;
     // Simulated answers are free: priced at zero, so budgets apply and no "unpriced" warning
     // interrupts the demo.
     settings

@@ -331,6 +331,7 @@ async fn gate_end_to_end(db: Db) {
     let sim = Sim::start(&[]).await;
     let env = [
         ("LLM_ENDPOINT", sim.base.as_str()),
+        ("ATLASIA_LLM__SIMULATOR", "true"),
         ("LLM_MODEL", "sim-model"),
         ("LLM_API_KEY", "sk-test-key"),
         ("ATLASIA_ENGINE__WORKERS", "1"),

@@ -24,6 +24,7 @@ use std::time::Duration;
 async fn server(db: TestDb, sim: &Sim, lease_ms: &str) -> TestServer {
     let env = [
         ("LLM_ENDPOINT", sim.base.as_str()),
+        ("ATLASIA_LLM__SIMULATOR", "true"),
         ("LLM_MODEL", "sim-model"),
         ("LLM_API_KEY", "sk-test-key"),
         ("ATLASIA_ENGINE__WORKERS", "2"),
@@ -92,7 +93,8 @@ on_both! {
     killed_server_resumes_after_the_last_completed_step => killed_server_resumes_after_the_last_completed_step;
     cancel_stops_the_running_step => cancel_stops_the_running_step;
     failing_llm_fails_the_run_with_the_cause => failing_llm_fails_the_run_with_the_cause;
-    invalid_answers_are_reasked_then_fail => invalid_answers_are_reasked_then_fail;
+    invalid_answers_are_reasked_then_escalate => invalid_answers_are_reasked_then_escalate;
+    cut_answers_are_reasked_with_a_larger_bound_then_escalate => cut_answers_are_reasked_with_a_larger_bound_then_escalate;
     shutdown_requeues_the_run => shutdown_requeues_the_run;
 }
 
@@ -291,6 +293,7 @@ async fn failing_llm_fails_the_run_with_the_cause(db: Db) {
     let sim = Sim::start(&["--fault", "500"]).await;
     let env = [
         ("LLM_ENDPOINT", sim.base.as_str()),
+        ("ATLASIA_LLM__SIMULATOR", "true"),
         ("LLM_MODEL", "sim-model"),
         ("LLM_API_KEY", "sk-test-key"),
         ("ATLASIA_LLM__RETRY__BASE_MS", "10"),
@@ -320,14 +323,22 @@ async fn failing_llm_fails_the_run_with_the_cause(db: Db) {
 }
 
 /// A fake OpenAI endpoint that answers every request with the same schema-invalid JSON (`{}`)
-/// and counts the requests: the simulator only gives valid answers.
-async fn invalid_llm() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    use std::sync::atomic::{AtomicU64, Ordering};
+/// and records each request body: the simulator only gives valid answers.
+async fn invalid_llm() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    fixed_llm("stop", "{}").await
+}
+
+/// A fake OpenAI endpoint that answers every request with `content` and `finish_reason`,
+/// recording each request body.
+async fn fixed_llm(
+    finish_reason: &'static str,
+    content: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let count = std::sync::Arc::new(AtomicU64::new(0));
-    let seen = count.clone();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             let seen = seen.clone();
@@ -357,12 +368,14 @@ async fn invalid_llm() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>)
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                seen.fetch_add(1, Ordering::SeqCst);
+                let request: Value =
+                    serde_json::from_slice(&buf[body_start..body_start + len]).unwrap_or_default();
+                seen.lock().unwrap().push(request);
                 let body = json!({"id": "fake-1", "object": "chat.completion", "created": 0,
                     "model": "fake-invalid",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "{}"}}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+                    "choices": [{"index": 0, "finish_reason": finish_reason,
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
                 .to_string();
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
@@ -374,11 +387,14 @@ async fn invalid_llm() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>)
             });
         }
     });
-    (base, count)
+    (base, bodies)
 }
 
-async fn invalid_answers_are_reasked_then_fail(db: Db) {
-    let (base, count) = invalid_llm().await;
+/// Answers that stay invalid are re-asked twice, each re-ask carrying only the last answer and
+/// its errors (the prompt does not grow), every call bounded by the contract's `max_tokens`;
+/// then the bolt escalates `invalid_output` at the step, rather than failing.
+async fn invalid_answers_are_reasked_then_escalate(db: Db) {
+    let (base, bodies) = invalid_llm().await;
     let env = [
         ("LLM_ENDPOINT", base.as_str()),
         ("LLM_MODEL", "sim-model"),
@@ -392,19 +408,82 @@ async fn invalid_answers_are_reasked_then_fail(db: Db) {
         .await;
     let id = run["id"].as_str().unwrap();
     let done = settled(&srv, id).await;
-    assert_eq!(done["status"], "FAILED", "{done}\n{}", srv.log());
-    let error = done["error"].as_str().unwrap();
+    assert_eq!(done["status"], "ESCALATED", "{done}\n{}", srv.log());
+    assert_eq!(done["current_step"], "PM", "PROCEED asks the PM again");
+    let arts = artifacts(&srv, id).await;
+    assert_eq!(arts.len(), 1, "{arts:?}");
+    let esc = &arts[0]["payload"];
+    assert_eq!(arts[0]["kind"], "escalation");
+    assert_eq!(esc["reason"], "invalid_output", "{esc}");
+    let blocker = esc["blocker"].as_str().unwrap();
     assert!(
-        error.starts_with("pm: output is not a valid ticket_plan after 2 re-asks: "),
-        "{error}"
+        blocker.starts_with("pm: no valid ticket_plan after 2 re-asks; last: "),
+        "{blocker}"
     );
     assert!(
-        error.contains("summary"),
-        "the cause names the missing field: {error}"
+        blocker.contains("summary"),
+        "the cause names the missing field: {blocker}"
     );
-    // The first answer and two corrections.
-    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
-    assert_only_the_error_artifact(&artifacts(&srv, id).await, error);
+    // The first answer and two corrections, each bounded, the re-asks of equal size.
+    let bodies = bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 3);
+    for b in &bodies {
+        assert_eq!(b["max_tokens"], 1024, "the pm contract's bound: {b}");
+    }
+    let sizes: Vec<usize> = bodies
+        .iter()
+        .map(|b| b["messages"].to_string().len())
+        .collect();
+    assert_eq!(
+        sizes[1], sizes[2],
+        "re-asks do not grow the prompt: {sizes:?}"
+    );
+    assert_eq!(bodies[2]["messages"].as_array().map(Vec::len), Some(4));
+}
+
+/// An answer cut by the output bound (`finish_reason: length`) is never echoed back: the
+/// re-ask says where it was cut and asks for brevity with twice the bound; answers that stay
+/// cut escalate saying so.
+async fn cut_answers_are_reasked_with_a_larger_bound_then_escalate(db: Db) {
+    let (base, bodies) = fixed_llm("length", "{\"summary\": \"Make add() add, and then").await;
+    let env = [
+        ("LLM_ENDPOINT", base.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("ATLASIA_ENGINE__WORKERS", "1"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+        ("ATLASIA_AGENTS__PM__MAX_TOKENS", "300"),
+    ];
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "title": "Answer at length"}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = settled(&srv, id).await;
+    assert_eq!(done["status"], "ESCALATED", "{done}\n{}", srv.log());
+    let arts = artifacts(&srv, id).await;
+    let esc = &arts[0]["payload"];
+    assert_eq!(esc["reason"], "invalid_output", "{esc}");
+    let blocker = esc["blocker"].as_str().unwrap();
+    assert!(
+        blocker.contains("the answer was cut at 7 tokens"),
+        "{blocker}"
+    );
+    let bodies = bodies.lock().unwrap().clone();
+    let bounds: Vec<&Value> = bodies.iter().map(|b| &b["max_tokens"]).collect();
+    assert_eq!(
+        bounds,
+        [&json!(300), &json!(600), &json!(1200)],
+        "the operator's bound, doubled"
+    );
+    for b in &bodies[1..] {
+        let messages = b["messages"].to_string();
+        assert!(
+            !messages.contains("and then"),
+            "the cut answer is not echoed: {messages}"
+        );
+        assert!(messages.contains("was cut at 7 tokens"), "{messages}");
+    }
 }
 
 /// A failed step leaves no output, only a `step_error` artifact saying why.

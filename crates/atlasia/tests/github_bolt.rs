@@ -83,6 +83,7 @@ async fn setup(db: Db, auth: Auth, extra: &[(&str, &str)]) -> Env {
     let key_path = key.as_ref().map(|k| k.to_str().unwrap().to_owned());
     let mut env: Vec<(&str, &str)> = vec![
         ("LLM_ENDPOINT", llm.base.as_str()),
+        ("ATLASIA_LLM__SIMULATOR", "true"),
         ("LLM_MODEL", "sim-model"),
         ("LLM_API_KEY", "sk-test-key"),
         ("ATLASIA_ENGINE__WORKERS", "2"),

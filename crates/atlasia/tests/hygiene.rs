@@ -52,6 +52,7 @@ fn leaky_repo() -> tempfile::TempDir {
 
 on_both! {
     secrets_never_reach_what_a_viewer_reads => secrets_never_reach_what_a_viewer_reads;
+    sim_scripts_never_reach_a_real_model => sim_scripts_never_reach_a_real_model;
     a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on => a_nul_in_a_tool_argument_is_stored_and_the_bolt_goes_on;
     a_run_whose_worker_keeps_dying_fails_after_max_attempts => a_run_whose_worker_keeps_dying_fails_after_max_attempts;
     a_value_the_database_refuses_is_not_retryable => a_value_the_database_refuses_is_not_retryable;
@@ -138,6 +139,59 @@ impl Relay {
     fn sent(&self) -> String {
         self.bodies.lock().unwrap().join("\n")
     }
+}
+
+/// A bundled-style issue carries the simulator's script (the whole fix). With a model that is
+/// not the simulator (`[llm] simulator` off), no request carries it: the model gets the issue
+/// without its answer key — here the simulator behind the relay, which then has no script,
+/// changes nothing and the bolt escalates `no_change`.
+async fn sim_scripts_never_reach_a_real_model(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let relay = Relay::start(&sim.base).await;
+    let srv = server(
+        TestDb::new(db).await,
+        &sim,
+        &[
+            ("LLM_ENDPOINT", relay.base.as_str()),
+            ("ATLASIA_LLM__SIMULATOR", "false"),
+        ],
+    )
+    .await;
+    let repo = tempfile::tempdir().unwrap();
+    write_calc_project(repo.path());
+    let issue = body(json!({"developer": [edit_to(FIXED_NEW)]}));
+    assert!(
+        issue.contains("atlasia-sim") && issue.contains("a + b"),
+        "{issue}"
+    );
+    let run = srv
+        .create_run(
+            json!({"repo": repo.path().display().to_string(), "issue_number": 4,
+                           "title": "add() subtracts", "body": issue}),
+        )
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
+    let sent = relay.bodies.lock().unwrap().clone();
+    assert!(
+        sent.len() >= 4,
+        "the planners and the developer were asked: {}",
+        sent.len()
+    );
+    for b in &sent {
+        assert!(
+            !b.contains("atlasia-sim\\n") && !b.contains("a + b"),
+            "script sent: {b}"
+        );
+    }
+    assert!(
+        sent.iter()
+            .any(|b| b.contains("atlasia-sim script removed")),
+        "the model is told something was cut"
+    );
+    let why = artifacts(&srv, &id, "escalation").await;
+    assert_eq!(done["status"], "ESCALATED", "{done}\n{}", srv.log());
+    assert_eq!(why[0]["payload"]["reason"], "no_change", "{why:?}");
 }
 
 async fn secrets_never_reach_what_a_viewer_reads(db: Db) {

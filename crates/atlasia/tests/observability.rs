@@ -762,6 +762,7 @@ async fn agents_route_as_configured(db: Db) {
         ("ATLASIA_ENGINE__WORKERS", "2"),
         ("ATLASIA_ENGINE__POLL_MS", "50"),
         ("ATLASIA_AGENTS__REVIEWER_SECURITY__LLM_MODEL", "big"),
+        ("ATLASIA_LLM__SIMULATOR", "true"),
     ];
     let srv = TestServer::start_with(tdb, &env).await;
     let repo = calc_repo();

@@ -240,6 +240,7 @@ async fn forge_rechecks_and_caps_imports(db: Db) {
         db,
         &[
             ("LLM_ENDPOINT", sim.base.as_str()),
+            ("ATLASIA_LLM__SIMULATOR", "true"),
             ("LLM_MODEL", "sim-model"),
             ("LLM_API_KEY", "sk-test-key"),
             ("ATLASIA_ENGINE__WORKERS", "2"),

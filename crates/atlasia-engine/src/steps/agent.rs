@@ -7,7 +7,7 @@ use crate::contracts::{AgentContract, ValidationIssue, reask_message};
 use crate::ctx::{CallError, StepCtx};
 use crate::error::EngineError;
 use atlasia_core::Run;
-use atlasia_llm::{ChatRequest, JsonSchema, Message, Role};
+use atlasia_llm::{ChatRequest, FinishReason, JsonSchema, Message, Role};
 use atlasia_store::{Store, StoreError};
 use serde_json::{Map, Value, json};
 
@@ -124,8 +124,40 @@ impl From<CallError> for EngineError {
     }
 }
 
+/// The largest output bound a truncated answer is re-asked with.
+pub const MAX_OUTPUT_TOKENS: u32 = 16_384;
+
+/// What a re-ask after a cut answer says instead of echoing the cut text.
+fn cut_message(at: u64) -> String {
+    format!(
+        "Your previous answer was cut at {at} tokens (the output limit) before it was complete, \
+         so it was discarded. Answer again with the same JSON object, more briefly: shorter \
+         strings, fewer list items, no repetition."
+    )
+}
+
+/// A re-ask numbered: the model knows how many chances are left, and two re-asks with the
+/// same errors are distinct requests (an identical one would be answered from the journal).
+fn attempt_note(attempt: usize, text: &str) -> String {
+    format!("Attempt {} of {}. {text}", attempt + 2, MAX_REASKS + 1)
+}
+
+/// The output bound of `contract`'s answers: the operator's `[agents.<name>] max_tokens`, else
+/// the contract's.
+pub fn output_bound(ctx: &StepCtx<'_>, contract: &AgentContract) -> u32 {
+    ctx.limits
+        .output_tokens
+        .get(&contract.name)
+        .copied()
+        .unwrap_or(contract.max_tokens)
+}
+
 /// Runs `contract` in `ctx`: one call, then up to [`MAX_REASKS`] corrections; the valid
-/// artifact.
+/// artifact. Every call is bounded ([`output_bound`]); an answer cut by the bound
+/// (`finish_reason: length`) is discarded and asked again with twice the bound and a request
+/// to be brief. A re-ask carries only the last answer and its errors, so the prompt never
+/// grows with the attempts. Answers that stay invalid are [`EngineError::Invalid`]: the bolt
+/// escalates rather than fails.
 pub async fn run_agent(
     ctx: &StepCtx<'_>,
     contract: &AgentContract,
@@ -141,22 +173,40 @@ pub async fn run_agent(
             contract.name
         )));
     };
-    let mut messages = vec![
+    let base = [
         Message::text(Role::System, contract.prompt.clone()),
         Message::text(Role::User, user),
     ];
-    let mut last_issues = Vec::new();
-    for _attempt in 0..=MAX_REASKS {
+    let mut bound = output_bound(ctx, contract);
+    let mut followup: Vec<Message> = Vec::new();
+    let mut last_problem = String::new();
+    for attempt in 0..=MAX_REASKS {
         let req = ChatRequest {
-            messages: messages.clone(),
+            messages: base.iter().chain(&followup).cloned().collect(),
             response_format: Some(JsonSchema {
                 name: kind.to_owned(),
                 schema: schema.clone(),
                 strict: true,
             }),
+            max_tokens: Some(bound),
             ..ChatRequest::default()
         };
         let answer = ctx.chat(contract, req).await?;
+        if answer.finish_reason == FinishReason::Length {
+            let at = match answer.usage.output_tokens {
+                0 => u64::from(bound),
+                n => n,
+            };
+            tracing::info!(run = %ctx.run.id, agent = %contract.name, at,
+                "{kind} cut by the output bound; asking again, briefly");
+            last_problem = format!("the answer was cut at {at} tokens (max_tokens {bound})");
+            followup = vec![Message::text(
+                Role::User,
+                attempt_note(attempt, &cut_message(at)),
+            )];
+            bound = bound.saturating_mul(2).min(MAX_OUTPUT_TOKENS.max(bound));
+            continue;
+        }
         let text = answer.content.unwrap_or_default();
         let issues = match parse_answer(&text).and_then(|v| {
             contracts.validate(kind, &v)?;
@@ -167,15 +217,16 @@ pub async fn run_agent(
         };
         tracing::info!(run = %ctx.run.id, agent = %contract.name, problems = issues.len(),
             "invalid {kind}; asking again");
-        messages.push(Message::text(Role::Assistant, text));
-        messages.push(Message::text(Role::User, reask_message(&issues)));
-        last_issues = issues;
+        let detail: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        last_problem = detail.join("; ");
+        followup = vec![
+            Message::text(Role::Assistant, text),
+            Message::text(Role::User, attempt_note(attempt, &reask_message(&issues))),
+        ];
     }
-    let detail: Vec<String> = last_issues.iter().map(ToString::to_string).collect();
-    Err(EngineError::Step(format!(
-        "{}: output is not a valid {kind} after {MAX_REASKS} re-asks: {}",
-        contract.name,
-        detail.join("; ")
+    Err(EngineError::Invalid(format!(
+        "{}: no valid {kind} after {MAX_REASKS} re-asks; last: {last_problem}",
+        contract.name
     )))
 }
 

@@ -104,6 +104,7 @@ pub(super) async fn run(ctx: &StepCtx<'_>, env: &Env) -> Result<StepOutput, Engi
                 ));
             }
             DeveloperOutcome::Failed(e) => return Err(EngineError::Step(e)),
+            DeveloperOutcome::Invalid(e) => return Err(EngineError::Invalid(e)),
             DeveloperOutcome::Cancelled => return Err(EngineError::Cancelled),
         };
         let (forge, w) = (env.forge.clone(), ws.clone());

@@ -54,6 +54,8 @@ pub struct BoltLimits {
     pub developer_max_tokens: u64,
     /// How long a step retries LLM calls failing for a passing reason (429s, outages).
     pub llm_patience: Duration,
+    /// Output bounds per agent (`[agents.<name>] max_tokens`), over the contracts' own.
+    pub output_tokens: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for BoltLimits {
@@ -65,6 +67,7 @@ impl Default for BoltLimits {
             output_cap: 16 * 1024,
             developer_max_tokens: 400_000,
             llm_patience: crate::ctx::LLM_PATIENCE,
+            output_tokens: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -90,6 +93,9 @@ pub struct Env {
     pub cache_dir: PathBuf,
     /// Where every command runs.
     pub sandbox: Sandbox,
+    /// The LLM is the built-in simulator: issue bodies keep their `atlasia-sim` scripts (any
+    /// other model never sees them).
+    pub simulator: bool,
 }
 
 /// What a step reports: the outcome that routes the bolt, and what is stored with it.

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub async fn bolt_server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
     let mut env = vec![
         ("LLM_ENDPOINT", sim.base.as_str()),
+        ("ATLASIA_LLM__SIMULATOR", "true"),
         ("LLM_MODEL", "sim-model"),
         ("LLM_API_KEY", "sk-test-key"),
         ("ATLASIA_ENGINE__WORKERS", "2"),
