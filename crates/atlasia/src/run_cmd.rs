@@ -165,6 +165,13 @@ async fn watch(store: Store, id: RunId, stop: CancellationToken) {
                             d["target"].as_str().unwrap_or("")
                         );
                     }
+                    // A step waiting out an LLM outage says why and for how long, once per wait.
+                    "llm_call_failed" if d["retry_in_ms"].is_u64() => {
+                        let secs = d["retry_in_ms"].as_u64().unwrap_or(0).div_ceil(1000);
+                        let why = d["error"].as_str().unwrap_or("unavailable");
+                        detail = format!("waiting for the LLM, retry in {secs}s");
+                        say(format!("  … waiting for the LLM: {why}, retry in {secs}s"));
+                    }
                     "loop_back" => {
                         loops += 1;
                         say(format!(

@@ -148,3 +148,50 @@ fn bad_input_is_refused_with_exit_2_and_one_line() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("empty"), "{err}");
 }
+
+/// An LLM outage while a step runs: `atlasia run` says it is waiting, why and for how long,
+/// then finishes the bolt once the provider answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passing_llm_outage_is_shown_as_a_wait() {
+    // Three answers fail (one call's worth of the gateway's own 3 attempts) before it
+    // recovers; the breaker stays out of the way.
+    let sim = Sim::start(&["--fail-first", "3", "--fail-status", "503"]).await;
+    let project = example("py-inventory");
+    let issue = example("issues/py-inventory-1.md");
+    let base = sim.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        cli(
+            dir.path(),
+            &["run", "--repo", &project, "--issue", &issue],
+            &[
+                ("LLM_ENDPOINT", base.as_str()),
+                ("LLM_MODEL", "sim-model"),
+                ("LLM_API_KEY", "sk-test-key"),
+                ("ATLASIA_LLM__SIMULATOR", "true"),
+                ("ATLASIA_LLM__RETRY__BASE_MS", "10"),
+                ("ATLASIA_LLM__BREAKER__MIN_CALLS", "100"),
+                ("NO_COLOR", "1"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        err.contains("waiting for the LLM: ") && err.contains(", retry in "),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        err.contains("503"),
+        "the reason names the provider's answer: {err}"
+    );
+    assert_eq!(
+        field(&out, "status"),
+        "DONE",
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
+}
