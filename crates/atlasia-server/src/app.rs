@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(timeout, deadline))
         .merge(proxy)
         .merge(crate::routes::webhooks::router())
+        .merge(crate::routes::live::router().route_layer(from_fn(tag_route)))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))

@@ -123,6 +123,28 @@ fn describe() {
         "sandbox_mode",
         "1 for the sandbox mode in effect: bwrap, inprocess, none (operator opt-out) or unavailable."
     );
+    describe_gauge!(
+        "websocket_connections_active",
+        "Open WebSocket streams of run events (/ws/runs/{id})."
+    );
+    describe_counter!(
+        "websocket_messages_sent_total",
+        "Run events sent over WebSocket streams."
+    );
+    describe_counter!(
+        "websocket_disconnects_total",
+        "WebSocket streams ended, by reason: client_closed, finished, slow_consumer, ping_timeout, error."
+    );
+    describe_gauge!(
+        "sse_connections_active",
+        "Open Server-Sent Events streams of run events (/api/runs/{id}/events/stream)."
+    );
+    metrics::gauge!("websocket_connections_active").set(0.0);
+    metrics::gauge!("sse_connections_active").set(0.0);
+    metrics::counter!("websocket_messages_sent_total").absolute(0);
+    for reason in crate::routes::live::DISCONNECT_REASONS {
+        metrics::counter!("websocket_disconnects_total", "reason" => *reason).absolute(0);
+    }
     atlasia_store::describe_outcomes();
     atlasia_github::metrics::zero();
     crate::routes::webhooks::zero_metrics();

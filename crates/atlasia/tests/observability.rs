@@ -36,26 +36,6 @@ async fn scrape(srv: &TestServer) -> String {
     resp.text().await.unwrap()
 }
 
-/// Samples of metric `name` as (label set, value), e.g. (`{route="/x",status="200"}`, 1.0).
-fn samples(body: &str, name: &str) -> Vec<(String, f64)> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name).then(|| (labels.to_owned(), value.parse().unwrap()))
-        })
-        .collect()
-}
-
-/// The value of the one sample of `name` carrying every label in `labels` (`k="v"`).
-fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    samples(body, name)
-        .into_iter()
-        .find(|(l, _)| labels.iter().all(|want| l.contains(want)))
-        .map(|(_, v)| v)
-}
-
 /// Fails unless `promtool check metrics` accepts `body`. A missing promtool fails too, unless
 /// `ATLASIA_TEST_SKIP_PROMTOOL=1`, so a CI image without it cannot pass this silently.
 fn promtool_check(body: &str) {
@@ -228,16 +208,6 @@ fn price_sim_model(db: &TestDb, extra: &str) {
 async fn priced_bolt_server(db: TestDb, sim: &Sim, extra: &[(&str, &str)]) -> TestServer {
     price_sim_model(&db, "");
     common::bolts::bolt_server(db, sim, extra).await
-}
-
-/// The calc project with its bug, committed on `trunk`.
-fn calc_repo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write_calc_project(dir.path());
-    git(dir.path(), &["init", "-q", "-b", "trunk"]);
-    git(dir.path(), &["add", "-A"]);
-    git(dir.path(), &["commit", "-q", "-m", "initial"]);
-    dir
 }
 
 /// Creates the calc bolt whose developer applies `fix`; returns the run id.

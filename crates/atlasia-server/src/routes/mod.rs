@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod decisions;
 pub mod health;
+pub mod live;
 pub mod metrics;
 pub mod openai;
 pub mod runs;

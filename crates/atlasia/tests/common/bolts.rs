@@ -181,3 +181,13 @@ pub async fn artifacts(srv: &TestServer, id: &str, kind: &str) -> Vec<Value> {
 pub fn kinds<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     evs.iter().filter(|e| e["kind"] == kind).collect()
 }
+
+/// The calc project with its bug, committed on `trunk`.
+pub fn calc_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_calc_project(dir.path());
+    git(dir.path(), &["init", "-q", "-b", "trunk"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "initial"]);
+    dir
+}

@@ -441,3 +441,23 @@ impl Sim {
             .unwrap_or_else(|| panic!("stats: {v}"))
     }
 }
+
+/// Samples of metric `name` as (label set, value), e.g. (`{route="/x",status="200"}`, 1.0).
+pub fn samples(body: &str, name: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name).then(|| (labels.to_owned(), value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// The value of the one sample of `name` carrying every label in `labels` (`k="v"`).
+pub fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    samples(body, name)
+        .into_iter()
+        .find(|(l, _)| labels.iter().all(|want| l.contains(want)))
+        .map(|(_, v)| v)
+}
