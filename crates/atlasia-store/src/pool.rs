@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+/// The `kind` of `db_errors_total` for a pool that stayed busy for the whole acquire timeout.
+pub const POOL_EXHAUSTED: &str = "pool_exhausted";
+
 /// The default of `engine.max_attempts`.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
@@ -37,19 +40,19 @@ pub(crate) use on_pool;
 
 /// Acquires a connection (or, with `tx`, begins a transaction) while counting the caller as a
 /// waiter, so `db_pool_connections_pending` is real; a pool timeout becomes `PoolTimeout`.
+/// A database that cannot be reached fails the caller within `connect_timeout` with the named
+/// fault (see `health.rs`).
 macro_rules! acquire {
-    ($store:expr, $pool:expr) => {{
-        let _w = $store.waiting();
-        $pool.acquire().await.map_err(|e| $store.map_err(e))?
-    }};
+    ($store:expr, $pool:expr) => {{ $store.acquire_from($pool).await? }};
     ($store:expr, $pool:expr, tx) => {{
-        let _w = $store.waiting();
-        $pool.begin().await.map_err(|e| $store.map_err(e))?
+        let conn = $store.acquire_from($pool).await?;
+        sqlx::Transaction::begin(conn, None)
+            .await
+            .map_err(|e| $store.map_err(e))?
     }};
     ($store:expr, $pool:expr, tx_with $begin:expr) => {{
-        let _w = $store.waiting();
-        $pool
-            .begin_with($begin)
+        let conn = $store.acquire_from($pool).await?;
+        sqlx::Transaction::begin(conn, Some(sqlx::SqlSafeStr::into_sql_str($begin)))
             .await
             .map_err(|e| $store.map_err(e))?
     }};
@@ -67,6 +70,8 @@ pub struct Store {
     waiting: Arc<AtomicU32>,
     acquire_timeout: Duration,
     max_connections: u32,
+    /// Reachability as last seen (the `db_up` gauge) and the shared probe.
+    pub(crate) health: Arc<crate::health::Health>,
     /// Bumped whenever this process makes a run claimable, so idle workers claim at once
     /// instead of at their next poll (other processes still find it by polling).
     queued: Arc<tokio::sync::watch::Sender<u64>>,
@@ -125,6 +130,7 @@ impl Store {
                     })?;
                 }
                 let pool = SqlitePoolOptions::new()
+                    .after_release(|c, _| Box::pin(crate::health::fit_for_reuse(c)))
                     .max_connections(opts.max_connections)
                     .min_connections(opts.min_idle)
                     .acquire_timeout(opts.acquire_timeout)
@@ -139,6 +145,7 @@ impl Store {
                     .map_err(|e| StoreError::Config(e.to_string()))?
                     .application_name("atlasia");
                 let pool = PgPoolOptions::new()
+                    .after_release(|c, _| Box::pin(crate::health::fit_for_reuse(c)))
                     .max_connections(opts.max_connections)
                     .min_connections(opts.min_idle)
                     .acquire_timeout(opts.acquire_timeout)
@@ -157,6 +164,7 @@ impl Store {
             waiting: Arc::new(AtomicU32::new(0)),
             acquire_timeout: opts.acquire_timeout,
             max_connections: opts.max_connections,
+            health: crate::health::Health::new(opts.connect_timeout),
             queued: Arc::new(tokio::sync::watch::Sender::new(0)),
             redactor: Arc::new(Redactor::default()),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -260,7 +268,13 @@ impl Store {
         tokio::time::timeout(self.acquire_timeout, lock.clone().lock_owned())
             .await
             .map(Some)
-            .map_err(|_| StoreError::PoolTimeout(self.acquire_timeout))
+            .map_err(|_| self.pool_timeout())
+    }
+
+    /// The pool stayed busy for the whole acquire timeout (counted as `pool_exhausted`).
+    fn pool_timeout(&self) -> StoreError {
+        metrics::counter!("db_errors_total", "kind" => POOL_EXHAUSTED).increment(1);
+        StoreError::PoolTimeout(self.acquire_timeout)
     }
 
     pub(crate) fn waiting(&self) -> Waiting {
@@ -270,8 +284,14 @@ impl Store {
 
     pub(crate) fn map_err(&self, e: sqlx::Error) -> StoreError {
         match e {
-            sqlx::Error::PoolTimedOut => StoreError::PoolTimeout(self.acquire_timeout),
-            other => other.into(),
+            sqlx::Error::PoolTimedOut => self.pool_timeout(),
+            other => {
+                let e = StoreError::from(other);
+                if let StoreError::Fault { fault, detail } = &e {
+                    self.health.saw(Some((*fault, detail)));
+                }
+                e
+            }
         }
     }
 }
