@@ -242,3 +242,36 @@ fn refused_value(db: &dyn sqlx::error::DatabaseError) -> bool {
     code.parse::<u32>()
         .is_ok_and(|n| matches!(n & 0xff, 18..=20))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_name_their_fault() {
+        assert_eq!(classify_code("28P01"), Some(DbFault::AuthFailed));
+        assert_eq!(classify_code("53300"), Some(DbFault::TooManyConnections));
+        assert_eq!(classify_code("53100"), Some(DbFault::DiskFull));
+        assert_eq!(classify_code("25006"), Some(DbFault::ReadOnly));
+        assert_eq!(classify_code("57P01"), Some(DbFault::Unavailable));
+        assert_eq!(classify_code("08006"), Some(DbFault::Unavailable));
+        assert_eq!(classify_code("23505"), None);
+        // SQLite: FULL, READONLY (and READONLY_DBMOVED, an extended code), BUSY is no fault.
+        assert_eq!(classify_code("13"), Some(DbFault::DiskFull));
+        assert_eq!(classify_code("1032"), Some(DbFault::ReadOnly));
+        assert_eq!(classify_code("5"), None);
+    }
+
+    #[test]
+    fn io_errors_name_their_fault() {
+        use std::io::{Error, ErrorKind};
+        let refused = sqlx::Error::Io(Error::from(ErrorKind::ConnectionRefused));
+        assert_eq!(classify(&refused), Some(DbFault::Unavailable));
+        let dns = sqlx::Error::Io(Error::other(
+            "failed to lookup address information: Name or service not known",
+        ));
+        assert_eq!(classify(&dns), Some(DbFault::HostUnknown));
+        let full = sqlx::Error::Io(Error::from_raw_os_error(28));
+        assert_eq!(classify(&full), Some(DbFault::DiskFull));
+    }
+}

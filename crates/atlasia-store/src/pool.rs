@@ -151,14 +151,15 @@ impl Store {
                     .acquire_timeout(opts.acquire_timeout)
                     .idle_timeout(opts.idle_timeout)
                     .max_lifetime(opts.max_lifetime)
-                    .connect_with(conn)
-                    .await?;
+                    // Opened lazily: the first ping below names the fault within the connect
+                    // timeout instead of retrying for the whole acquire timeout.
+                    .connect_lazy_with(conn);
                 DbPool::Postgres(pool)
             }
         };
         let writer =
             matches!(pool, DbPool::Sqlite(_)).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        Ok(Self {
+        let store = Self {
             pool,
             writer,
             waiting: Arc::new(AtomicU32::new(0)),
@@ -168,7 +169,9 @@ impl Store {
             queued: Arc::new(tokio::sync::watch::Sender::new(0)),
             redactor: Arc::new(Redactor::default()),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-        })
+        };
+        store.ping().await?;
+        Ok(store)
     }
 
     /// Installs the redactor every write path applies (install it once, right after
