@@ -21,7 +21,7 @@ mod tokens;
 mod webhooks;
 
 pub use decisions::{Decision, HUMAN_STEP};
-pub use diag::Diagnostics;
+pub use diag::{Activity, Diagnostics, LockWait};
 pub use error::{DbFault, StoreError};
 pub use finished::{TERMINAL, describe_outcomes};
 pub use llm_calls::{LlmCallRow, LlmTotals};
