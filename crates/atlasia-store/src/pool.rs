@@ -113,13 +113,17 @@ impl Store {
         })?;
         let pool = match backend {
             Backend::Sqlite => {
-                let conn = SqliteConnectOptions::from_str(&opts.url)
+                let (url, max_pages) = split_max_page_count(&opts.url)?;
+                let mut conn = SqliteConnectOptions::from_str(&url)
                     .map_err(|e| StoreError::Config(e.to_string()))?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
+                if let Some(pages) = max_pages {
+                    conn = conn.pragma("max_page_count", pages.to_string());
+                }
                 if let Some(dir) = conn
                     .get_filename()
                     .parent()
@@ -297,6 +301,33 @@ impl Store {
             }
         }
     }
+}
+
+/// Takes `max_page_count=N` out of a SQLite URL's query: a cap on the database file's pages
+/// (SQLite answers `SQLITE_FULL` past it, as on a full disk). The tests use it to emulate a
+/// full disk where they cannot mount a small filesystem.
+fn split_max_page_count(url: &str) -> Result<(String, Option<u64>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut pages = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("max_page_count=") {
+            Some(n) => {
+                pages = Some(n.parse::<u64>().map_err(|_| {
+                    StoreError::Config(format!("max_page_count must be a number, not {n:?}"))
+                })?);
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, pages))
 }
 
 /// The PostgreSQL channel a run that became claimable is announced on, so workers in other
