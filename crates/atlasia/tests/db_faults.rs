@@ -198,12 +198,17 @@ async fn postgres_stopped_under_load_is_named_fast_and_recovers_by_itself() {
 
     cluster.stop();
     let stopped_at = Instant::now();
-    // Requests now fail fast with the named fault; the outage lasts at least 3 s.
-    eventually(Duration::from_secs(20), || {
+    // Requests now fail fast with the named fault; the outage lasts at least 3 s
+    // (`ATLASIA_CHAOS_PG_DOWN_SECS`: scripts/chaos --full keeps it down for 30 s).
+    let down = Duration::from_secs(
+        std::env::var("ATLASIA_CHAOS_PG_DOWN_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3),
+    );
+    eventually(down + Duration::from_secs(20), || {
         let n = count(StatusCode::SERVICE_UNAVAILABLE)();
-        async move {
-            (n.await? >= 8 && stopped_at.elapsed() >= Duration::from_secs(3)).then_some(())
-        }
+        async move { (n.await? >= 8 && stopped_at.elapsed() >= down).then_some(()) }
     })
     .await;
     let metrics = srv.metrics().await;
@@ -249,16 +254,16 @@ async fn postgres_stopped_under_load_is_named_fast_and_recovers_by_itself() {
             other => panic!("unexpected answer {other:?}: {a:?}"),
         }
     }
-    eprintln!(
-        "PostgreSQL down for {down_for:?}: {} answers, {} acknowledged, {} refused as database_unavailable; 10 new runs accepted {recovery:?} after the restart",
-        answers.len(),
-        acknowledged.len(),
-        answers.len() - acknowledged.len()
-    );
     for id in &acknowledged {
         let (s, v) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
         assert_eq!(s, StatusCode::OK, "acknowledged run {id} lost: {v}");
     }
+    eprintln!(
+        "chaos: PostgreSQL down {down_for:?} under 4 clients: lost 0 of {} acknowledged ({} answers, {} refused as database_unavailable); 10 new runs accepted {recovery:?} after the restart",
+        acknowledged.len(),
+        answers.len(),
+        answers.len() - acknowledged.len()
+    );
     let log = srv.log();
     assert!(log.contains("the database is unavailable"), "{log}");
     assert!(log.contains("database reachable again"), "{log}");
