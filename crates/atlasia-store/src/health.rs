@@ -58,9 +58,13 @@ impl Health {
     }
 }
 
-/// The `after_release` hook of both pools: flush a rollback queued by a dropped transaction,
-/// then keep the connection only if no transaction is left open on it.
+/// The `after_release` hook of both pools: keep the connection only if no transaction is left
+/// open on it. A connection inside one may just have a rollback queued by a dropped
+/// transaction; a round trip flushes it before the verdict (the common path costs nothing).
 pub(crate) async fn fit_for_reuse<C: Connection>(conn: &mut C) -> Result<bool, sqlx::Error> {
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
     conn.ping().await?;
     if conn.is_in_transaction() {
         tracing::warn!(

@@ -361,3 +361,88 @@ async fn each_database_fault_has_its_name() {
     })
     .await;
 }
+
+/// PostgreSQL restarted in the middle of a bolt (during the Developer's tool loop): the bolt
+/// still reaches DONE, and no LLM answer is paid twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_bolt_loses_nothing() {
+    use common::Sim;
+    use common::bolts::*;
+    if common::skip_postgres() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&cluster.admin_url())
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    }
+    let db = TestDb {
+        kind: Db::Postgres,
+        url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    // Slow answers, so the restart lands in the middle of the developer's tool loop.
+    let sim = Sim::start(&["--latency-ms", "700"]).await;
+    let srv = bolt_server(db, &sim, &[("ATLASIA_ENGINE__LEASE_MS", "1500")]).await;
+    let repo = tempfile::tempdir().unwrap();
+    let p = repo.path();
+    write_calc_project(p);
+    git(p, &["init", "-q", "-b", "trunk"]);
+    git(p, &["add", "-A"]);
+    git(p, &["commit", "-q", "-m", "initial"]);
+    let script = json!({"developer": [[
+        {"tool": "list_files", "args": {"path": "."}},
+        {"tool": "read_file", "args": {"path": "calc.py"}},
+        {"tool": "read_file", "args": {"path": "test_calc.py"}},
+        {"tool": "edit_file", "args": {"path": "calc.py", "old_text": FIXED_OLD,
+                                        "new_text": FIXED_NEW}},
+        {"tool": "run_command", "args": {"command": "python3 -m unittest -q"}},
+    ]]});
+    let run = srv
+        .create_run(json!({"repo": p.display().to_string(),
+                           "title": "add() subtracts", "body": body(script)}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    eventually(BOLT_LIMIT, || async {
+        let evs = events(&srv, &id).await;
+        let dev_calls = kinds(&evs, "llm_call_completed")
+            .iter()
+            .filter(|e| e["data"]["step"] == "DEVELOPER")
+            .count();
+        (dev_calls >= 2).then_some(())
+    })
+    .await;
+
+    cluster.stop();
+    let stopped = Instant::now();
+    // Down for two seconds: the API says why meanwhile.
+    eventually(Duration::from_secs(20), || async {
+        let (s, v) = srv.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;
+        assert_ne!(s, StatusCode::OK, "answered from a stopped database: {v}");
+        (v["error"]["code"] == json!("database_unavailable")
+            && stopped.elapsed() >= Duration::from_secs(2))
+        .then_some(())
+    })
+    .await;
+    cluster.restart();
+    let restarted = Instant::now();
+    let done = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
+    let recovery = restarted.elapsed();
+    assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
+    let dups = srv.db.sql_cli(&format!(
+        "SELECT request_key FROM llm_calls WHERE run_id = '{id}' AND outcome = 'ok' \
+         GROUP BY request_key HAVING COUNT(*) > 1"
+    ));
+    assert!(dups.trim().is_empty(), "answers paid twice: {dups}");
+    eprintln!(
+        "chaos: PostgreSQL restart mid-bolt: lost nothing (DONE, 0 answers paid twice); restart to DONE in {recovery:?}"
+    );
+}
