@@ -194,7 +194,9 @@ impl From<StoreError> for ApiError {
                 fault: DbFault::DiskFull,
                 detail,
             } => {
-                Self::InsufficientStorage(format!("the disk under the database is full ({detail})"))
+                // The driver's words go to the log; the client learns what happened.
+                tracing::warn!(error = %detail, "a write hit a full disk; nothing was stored");
+                Self::InsufficientStorage("the disk under the database is full".to_owned())
             }
             StoreError::Fault { fault, detail } => Self::Database { fault, detail },
             StoreError::NotFound(what) => Self::NotFound(what.to_owned()),
