@@ -595,6 +595,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn server_metrics_turn_into_verdicts() {
+        let healthy = crate::prom::parse(
+            "db_up 1\ndb_errors_total{kind=\"unavailable\"} 0\n\
+             llm_api_calls_total{provider=\"p\",outcome=\"ok\"} 100\n\
+             llm_circuit_state{provider=\"p\"} 0\n\
+             http_server_requests_seconds_bucket{route=\"/api/runs\",le=\"0.01\"} 99\n\
+             http_server_requests_seconds_bucket{route=\"/api/runs\",le=\"+Inf\"} 100\n",
+        );
+        assert_eq!(db_faults(&healthy).level, Level::Ok);
+        assert_eq!(llm(&healthy).level, Level::Ok);
+        assert_eq!(api_latency(&healthy).level, Level::Ok);
+
+        let troubled = crate::prom::parse(
+            "db_up 0\ndb_errors_total{kind=\"unavailable\"} 7\n\
+             llm_api_calls_total{provider=\"p\",outcome=\"error\"} 20\n\
+             llm_api_errors_total{provider=\"p\",error_type=\"RATE_LIMIT\"} 15\n\
+             llm_circuit_state{provider=\"p\"} 1\n\
+             http_server_requests_seconds_bucket{route=\"/api/runs\",le=\"1\"} 1\n\
+             http_server_requests_seconds_bucket{route=\"/api/runs\",le=\"10\"} 100\n\
+             http_server_requests_seconds_bucket{route=\"/api/runs\",le=\"+Inf\"} 100\n",
+        );
+        let db = db_faults(&troubled);
+        assert_eq!(db.level, Level::Fail);
+        assert!(db.detail.contains("unavailable 7"), "{}", db.detail);
+        let l = llm(&troubled);
+        assert_eq!(l.level, Level::Fail);
+        assert!(l.detail.contains("circuit OPEN for p"), "{}", l.detail);
+        assert!(l.detail.contains("429s 15 (75%)"), "{}", l.detail);
+        let api = api_latency(&troubled);
+        assert_eq!(api.level, Level::Fail);
+        assert!(
+            api.detail.contains("/api/runs p99 ≤ 10000 ms"),
+            "{}",
+            api.detail
+        );
+    }
+
+    #[test]
     fn reads_unlabelled_samples_only() {
         let text = "# HELP x\nfoo_total 3\nfoo_total_other 9\nbar{a=\"b\"} 1\n";
         assert_eq!(sample(text, "foo_total"), Some(3.0));
