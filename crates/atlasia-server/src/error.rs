@@ -4,7 +4,7 @@
 
 use atlasia_core::{Redactor, Role, RunStatus, ValidationError};
 use atlasia_engine::forge::RepoRefused;
-use atlasia_store::StoreError;
+use atlasia_store::{DbFault, StoreError};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -42,6 +42,13 @@ pub enum ApiError {
     RunActive(String),
     #[error("the database connection pool is exhausted; retry shortly")]
     PoolTimeout,
+    /// A named database fault (unreachable, credentials refused, too many clients, read-only).
+    #[error("{fault}; retry shortly")]
+    Database { fault: DbFault, detail: String },
+    /// New work refused (disk below `storage.min_free_disk_mb`) or a write that hit a full
+    /// disk: nothing was stored.
+    #[error("{0}; nothing was stored, retry later")]
+    InsufficientStorage(String),
     #[error("the request took longer than {0} ms")]
     Timeout(u64),
     #[error("internal error")]
@@ -70,7 +77,10 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             Self::RepoNotAllowed(_) => StatusCode::BAD_REQUEST,
-            Self::PoolTimeout | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PoolTimeout | Self::Timeout(_) | Self::Database { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::WebhookSignature(_) => StatusCode::UNAUTHORIZED,
             Self::Github(_) => StatusCode::BAD_GATEWAY,
@@ -93,6 +103,15 @@ impl ApiError {
             Self::RepoNotAllowed(_) => "repo_not_allowed",
             Self::RunActive(_) => "run_active",
             Self::PoolTimeout => "db_pool_timeout",
+            Self::Database { fault, .. } => match fault {
+                DbFault::Unavailable => "database_unavailable",
+                DbFault::HostUnknown => "database_host_unknown",
+                DbFault::AuthFailed => "database_auth_failed",
+                DbFault::TooManyConnections => "database_too_many_connections",
+                DbFault::ReadOnly => "database_read_only",
+                DbFault::DiskFull => "insufficient_storage",
+            },
+            Self::InsufficientStorage(_) => "insufficient_storage",
             Self::Timeout(_) => "request_timeout",
             Self::Internal(_) => "internal",
             Self::WebhookSignature(_) => "invalid_signature",
@@ -128,6 +147,12 @@ impl IntoResponse for ApiError {
                 metrics::counter!("db_pool_timeouts_total").increment(1);
                 tracing::warn!("database pool exhausted; answered 503");
             }
+            Self::Database { fault, detail } => {
+                tracing::warn!(kind = fault.kind(), error = %detail, "{fault}; answered 503");
+            }
+            Self::InsufficientStorage(why) => {
+                tracing::warn!(reason = %why, "insufficient storage; answered 507");
+            }
             _ => {}
         }
         let message = redacted(self.to_string());
@@ -142,9 +167,16 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut resp = (status, axum::Json(body)).into_response();
-        if matches!(self, Self::PoolTimeout | Self::Timeout(_)) {
+        if matches!(
+            self,
+            Self::PoolTimeout | Self::Timeout(_) | Self::Database { .. }
+        ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::InsufficientStorage(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
         if matches!(self, Self::Unauthorized) {
             resp.headers_mut()
@@ -158,6 +190,15 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::PoolTimeout(_) => Self::PoolTimeout,
+            StoreError::Fault {
+                fault: DbFault::DiskFull,
+                detail,
+            } => {
+                // The driver's words go to the log; the client learns what happened.
+                tracing::warn!(error = %detail, "a write hit a full disk; nothing was stored");
+                Self::InsufficientStorage("the disk under the database is full".to_owned())
+            }
+            StoreError::Fault { fault, detail } => Self::Database { fault, detail },
             StoreError::NotFound(what) => Self::NotFound(what.to_owned()),
             StoreError::Transition(t) => Self::InvalidTransition {
                 message: t.to_string(),

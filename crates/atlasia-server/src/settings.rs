@@ -333,6 +333,10 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub min_idle: u32,
     pub acquire_timeout_ms: u64,
+    /// A request whose connection does not come within this, because the database cannot be
+    /// reached, fails with the named fault (`database_unavailable`, …) instead of waiting
+    /// `acquire_timeout_ms`.
+    pub connect_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub max_lifetime_ms: u64,
     /// The readiness check fails when a `SELECT 1` takes longer than this.
@@ -384,6 +388,7 @@ impl Default for DatabaseSettings {
             max_connections: d.max_connections,
             min_idle: d.min_idle,
             acquire_timeout_ms: ms(d.acquire_timeout),
+            connect_timeout_ms: ms(d.connect_timeout),
             idle_timeout_ms: ms(d.idle_timeout),
             max_lifetime_ms: ms(d.max_lifetime),
             ready_timeout_ms: 2_000,
@@ -658,6 +663,7 @@ impl Settings {
         }
         for (key, v) in [
             ("database.acquire_timeout_ms", db.acquire_timeout_ms),
+            ("database.connect_timeout_ms", db.connect_timeout_ms),
             ("database.ready_timeout_ms", db.ready_timeout_ms),
             (
                 "server.shutdown_timeout_ms",
@@ -796,6 +802,7 @@ impl Settings {
             max_connections: d.max_connections,
             min_idle: d.min_idle,
             acquire_timeout: Duration::from_millis(d.acquire_timeout_ms),
+            connect_timeout: Duration::from_millis(d.connect_timeout_ms),
             idle_timeout: Duration::from_millis(d.idle_timeout_ms),
             max_lifetime: Duration::from_millis(d.max_lifetime_ms),
         }

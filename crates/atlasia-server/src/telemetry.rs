@@ -92,6 +92,24 @@ fn describe() {
         "db_pool_timeouts_total",
         "Requests refused because no database connection became free in time."
     );
+    describe_gauge!(
+        "db_up",
+        "1 while the database can be reached, 0 since a call found it unavailable."
+    );
+    describe_counter!(
+        "db_errors_total",
+        "Database faults by kind: unavailable, host_unknown, auth_failed, too_many_connections, read_only, disk_full, pool_exhausted."
+    );
+    for fault in atlasia_store::DbFault::ALL {
+        metrics::counter!("db_errors_total", "kind" => fault.kind()).increment(0);
+    }
+    metrics::counter!("db_errors_total", "kind" => atlasia_store::POOL_EXHAUSTED).increment(0);
+    metrics::gauge!("db_up").set(1.0);
+    describe_counter!(
+        "storage_refusals_total",
+        "Requests for new work refused with 507 because the data directory's disk is below storage.min_free_disk_mb."
+    );
+    metrics::counter!("storage_refusals_total").increment(0);
     describe_gauge!("workflow_runs", "Runs by status.");
     describe_gauge!(
         "workflow_queue_depth",

@@ -41,6 +41,9 @@ pub struct DbOptions {
     pub min_idle: u32,
     /// How long a caller waits for a free connection before getting `PoolTimeout`.
     pub acquire_timeout: Duration,
+    /// How long opening a connection may take: a caller whose connection does not come within
+    /// this learns why (refused, unknown host, …) instead of waiting `acquire_timeout`.
+    pub connect_timeout: Duration,
     /// An idle connection above `min_idle` is closed after this.
     pub idle_timeout: Duration,
     /// Any connection is replaced after this.
@@ -54,6 +57,7 @@ impl Default for DbOptions {
             max_connections: 20,
             min_idle: 5,
             acquire_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(1800),
         }

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+/// The `kind` of `db_errors_total` for a pool that stayed busy for the whole acquire timeout.
+pub const POOL_EXHAUSTED: &str = "pool_exhausted";
+
 /// The default of `engine.max_attempts`.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
@@ -37,19 +40,19 @@ pub(crate) use on_pool;
 
 /// Acquires a connection (or, with `tx`, begins a transaction) while counting the caller as a
 /// waiter, so `db_pool_connections_pending` is real; a pool timeout becomes `PoolTimeout`.
+/// A database that cannot be reached fails the caller within `connect_timeout` with the named
+/// fault (see `health.rs`).
 macro_rules! acquire {
-    ($store:expr, $pool:expr) => {{
-        let _w = $store.waiting();
-        $pool.acquire().await.map_err(|e| $store.map_err(e))?
-    }};
+    ($store:expr, $pool:expr) => {{ $store.acquire_from($pool).await? }};
     ($store:expr, $pool:expr, tx) => {{
-        let _w = $store.waiting();
-        $pool.begin().await.map_err(|e| $store.map_err(e))?
+        let conn = $store.acquire_from($pool).await?;
+        sqlx::Transaction::begin(conn, None)
+            .await
+            .map_err(|e| $store.map_err(e))?
     }};
     ($store:expr, $pool:expr, tx_with $begin:expr) => {{
-        let _w = $store.waiting();
-        $pool
-            .begin_with($begin)
+        let conn = $store.acquire_from($pool).await?;
+        sqlx::Transaction::begin(conn, Some(sqlx::SqlSafeStr::into_sql_str($begin)))
             .await
             .map_err(|e| $store.map_err(e))?
     }};
@@ -67,6 +70,8 @@ pub struct Store {
     waiting: Arc<AtomicU32>,
     acquire_timeout: Duration,
     max_connections: u32,
+    /// Reachability as last seen (the `db_up` gauge) and the shared probe.
+    pub(crate) health: Arc<crate::health::Health>,
     /// Bumped whenever this process makes a run claimable, so idle workers claim at once
     /// instead of at their next poll (other processes still find it by polling).
     queued: Arc<tokio::sync::watch::Sender<u64>>,
@@ -108,13 +113,17 @@ impl Store {
         })?;
         let pool = match backend {
             Backend::Sqlite => {
-                let conn = SqliteConnectOptions::from_str(&opts.url)
+                let (url, max_pages) = split_max_page_count(&opts.url)?;
+                let mut conn = SqliteConnectOptions::from_str(&url)
                     .map_err(|e| StoreError::Config(e.to_string()))?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
+                if let Some(pages) = max_pages {
+                    conn = conn.pragma("max_page_count", pages.to_string());
+                }
                 if let Some(dir) = conn
                     .get_filename()
                     .parent()
@@ -125,6 +134,7 @@ impl Store {
                     })?;
                 }
                 let pool = SqlitePoolOptions::new()
+                    .after_release(|c, _| Box::pin(crate::health::fit_for_reuse(c)))
                     .max_connections(opts.max_connections)
                     .min_connections(opts.min_idle)
                     .acquire_timeout(opts.acquire_timeout)
@@ -139,28 +149,33 @@ impl Store {
                     .map_err(|e| StoreError::Config(e.to_string()))?
                     .application_name("atlasia");
                 let pool = PgPoolOptions::new()
+                    .after_release(|c, _| Box::pin(crate::health::fit_for_reuse(c)))
                     .max_connections(opts.max_connections)
                     .min_connections(opts.min_idle)
                     .acquire_timeout(opts.acquire_timeout)
                     .idle_timeout(opts.idle_timeout)
                     .max_lifetime(opts.max_lifetime)
-                    .connect_with(conn)
-                    .await?;
+                    // Opened lazily: the first ping below names the fault within the connect
+                    // timeout instead of retrying for the whole acquire timeout.
+                    .connect_lazy_with(conn);
                 DbPool::Postgres(pool)
             }
         };
         let writer =
             matches!(pool, DbPool::Sqlite(_)).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        Ok(Self {
+        let store = Self {
             pool,
             writer,
             waiting: Arc::new(AtomicU32::new(0)),
             acquire_timeout: opts.acquire_timeout,
             max_connections: opts.max_connections,
+            health: crate::health::Health::new(opts.connect_timeout),
             queued: Arc::new(tokio::sync::watch::Sender::new(0)),
             redactor: Arc::new(Redactor::default()),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-        })
+        };
+        store.ping().await?;
+        Ok(store)
     }
 
     /// Installs the redactor every write path applies (install it once, right after
@@ -260,7 +275,13 @@ impl Store {
         tokio::time::timeout(self.acquire_timeout, lock.clone().lock_owned())
             .await
             .map(Some)
-            .map_err(|_| StoreError::PoolTimeout(self.acquire_timeout))
+            .map_err(|_| self.pool_timeout())
+    }
+
+    /// The pool stayed busy for the whole acquire timeout (counted as `pool_exhausted`).
+    fn pool_timeout(&self) -> StoreError {
+        metrics::counter!("db_errors_total", "kind" => POOL_EXHAUSTED).increment(1);
+        StoreError::PoolTimeout(self.acquire_timeout)
     }
 
     pub(crate) fn waiting(&self) -> Waiting {
@@ -270,10 +291,43 @@ impl Store {
 
     pub(crate) fn map_err(&self, e: sqlx::Error) -> StoreError {
         match e {
-            sqlx::Error::PoolTimedOut => StoreError::PoolTimeout(self.acquire_timeout),
-            other => other.into(),
+            sqlx::Error::PoolTimedOut => self.pool_timeout(),
+            other => {
+                let e = StoreError::from(other);
+                if let StoreError::Fault { fault, detail } = &e {
+                    self.health.saw(Some((*fault, detail)));
+                }
+                e
+            }
         }
     }
+}
+
+/// Takes `max_page_count=N` out of a SQLite URL's query: a cap on the database file's pages
+/// (SQLite answers `SQLITE_FULL` past it, as on a full disk). The tests use it to emulate a
+/// full disk where they cannot mount a small filesystem.
+fn split_max_page_count(url: &str) -> Result<(String, Option<u64>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut pages = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("max_page_count=") {
+            Some(n) => {
+                pages = Some(n.parse::<u64>().map_err(|_| {
+                    StoreError::Config(format!("max_page_count must be a number, not {n:?}"))
+                })?);
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, pages))
 }
 
 /// The PostgreSQL channel a run that became claimable is announced on, so workers in other

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod doctor;
 mod offline;
+mod prom;
 mod run_cmd;
 
 use clap::Parser;

@@ -91,6 +91,7 @@ async fn a_burst_of_429s_slows_the_bolt_but_loses_nothing(db: Db) {
     ];
     let srv = server(TestDb::new(db).await, &sim, &extra).await;
     let repo = user_repo();
+    let started = std::time::Instant::now();
     let run = srv
         .create_run(
             json!({"repo": repo.path().display().to_string(), "title": "add() subtracts",
@@ -99,6 +100,7 @@ async fn a_burst_of_429s_slows_the_bolt_but_loses_nothing(db: Db) {
         .await;
     let id = run["id"].as_str().unwrap();
     let done = wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+    let took = started.elapsed();
     assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
     let evs = events(&srv, id).await;
     let waits: Vec<&Value> = kinds(&evs, "llm_call_failed")
@@ -110,6 +112,10 @@ async fn a_burst_of_429s_slows_the_bolt_but_loses_nothing(db: Db) {
         "SELECT COUNT(*) FROM llm_calls WHERE run_id = '{id}' AND outcome = 'RATE_LIMIT'"
     ));
     assert!(limited.trim().parse::<i64>().unwrap() >= 3, "{limited}");
+    eprintln!(
+        "chaos: 429 storm ({db:?}): lost nothing (DONE after {} rate-limited attempts); bolt took {took:?}",
+        limited.trim()
+    );
 }
 
 /// A bolt whose cap cannot pay for the next call stops for a human, resumable at that step.
@@ -525,8 +531,10 @@ async fn kill_during_developer_resumes_without_paying_twice(db: Db) {
     let before: HashMap<String, i64> = agent_counts(&srv.db, &id);
 
     let TestServer { db, .. } = srv;
+    let restarted = std::time::Instant::now();
     let srv = server(db, &sim, &extra).await;
     let done = wait_status(&srv, &id, &["DONE", "FAILED", "ESCALATED"]).await;
+    let recovery = restarted.elapsed();
     assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
     assert!(branch_tests_pass(repo.path(), &pr_head(&srv, &id).await));
 
@@ -548,6 +556,10 @@ async fn kill_during_developer_resumes_without_paying_twice(db: Db) {
     assert!(
         replayed >= 1 && replayed <= before.get("developer").copied().unwrap_or(0) as usize,
         "replayed {replayed}, journaled before the kill {before:?}"
+    );
+    eprintln!(
+        "chaos: kill -9 mid-bolt ({:?}): lost nothing (DONE, 0 answers paid twice, {replayed} replayed); restart to DONE in {recovery:?}",
+        srv.db.kind
     );
 }
 

@@ -36,7 +36,11 @@ async fn healthy_then_troubled(db: Db) {
     srv.create_run(serde_json::json!({"repo": "acme/w", "title": "t"}))
         .await;
     let (code, report) = doctor(&srv.db, &["--server", &srv.base], &[]);
+    eprintln!("{report}");
     assert_eq!(code, 0, "{report}");
+    for check in ["db faults", "memory", "llm", "api latency"] {
+        assert!(line(&report, check).starts_with("ok"), "{report}");
+    }
     assert!(line(&report, "database").starts_with("ok"), "{report}");
     assert!(line(&report, "queue").contains("PENDING 1"), "{report}");
     let server = line(&report, "server");
@@ -118,4 +122,102 @@ fn an_unreachable_database_fails_fast() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(line(&report, "database").starts_with("FAIL"), "{report}");
+}
+
+/// A table locked by a session that never commits (incident 6): the doctor does not hang — the
+/// queue check fails with "no answer in 5 s" — and it names the blocking session's pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_fails_within_the_deadline_and_names_the_blocker() {
+    if skip_postgres() {
+        return;
+    }
+    let srv = TestServer::start(Db::Postgres).await;
+    srv.create_run(serde_json::json!({"repo": "acme/w", "title": "t"}))
+        .await;
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect(&srv.db.url).await.unwrap();
+    let blocker: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE workflow_runs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let db = TestDb {
+        kind: Db::Postgres,
+        url: srv.db.url.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let (code, report) = tokio::task::spawn_blocking(move || doctor(&db, &["--no-server"], &[]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("doctor under a held lock, {took:?}:\n{report}");
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the doctor took {took:?}:\n{report}"
+    );
+    let queue = line(&report, "queue");
+    assert!(
+        queue.starts_with("FAIL") && queue.contains("no answer in 5 s"),
+        "{report}"
+    );
+    let wait = line(&report, "lock wait");
+    assert!(
+        wait.starts_with("FAIL") && wait.contains(&format!("blocked by pid {blocker}")),
+        "{report}"
+    );
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+}
+
+/// PENDING runs and no worker alive (none holds a live lease): FAIL with the count and the
+/// oldest age, not "ok".
+async fn pending_work_without_a_live_worker_fails(db: Db) {
+    let srv = TestServer::start(db).await;
+    for i in 0..3 {
+        srv.create_run(serde_json::json!({"repo": "acme/w", "title": format!("t{i}")}))
+            .await;
+    }
+    // With a 50 ms lease the runs are older than the lease almost at once; the server has no
+    // workers (ATLASIA_ENGINE__WORKERS=0), so no lease is live.
+    let report = eventually(Duration::from_secs(10), || async {
+        let (code, report) = doctor(
+            &srv.db,
+            &["--no-server"],
+            &[("ATLASIA_ENGINE__LEASE_MS", "50")],
+        );
+        (code == 1).then_some(report)
+    })
+    .await;
+    let queue = line(&report, "queue");
+    assert!(
+        queue.starts_with("FAIL")
+            && queue.contains("3 PENDING and NO LIVE WORKER")
+            && queue.contains("oldest PENDING waits"),
+        "{report}"
+    );
+    // A worker holding a live lease means the queue is served, just busy: not a FAIL.
+    let store = srv.db.store(2).await;
+    store
+        .claim("busy-worker", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, report) = doctor(
+        &srv.db,
+        &["--no-server"],
+        &[("ATLASIA_ENGINE__LEASE_MS", "50")],
+    );
+    assert!(line(&report, "queue").starts_with("ok"), "{report}");
+    store.close().await;
+}
+
+on_both! {
+    no_live_worker => pending_work_without_a_live_worker_fails;
 }

@@ -187,6 +187,7 @@ async fn pool_exhaustion(db: Db) {
         }
     }
     eprintln!("burst: {} accepted, {rejected} rejected", accepted.len());
+    let released = Instant::now();
     assert!(rejected >= 1, "the pool was never exhausted");
     // The requests that held the connections waited on the lock and then completed.
     assert!(
@@ -233,6 +234,11 @@ async fn pool_exhaustion(db: Db) {
     assert_eq!(
         (ids.len(), created),
         (accepted.len() + 1, accepted.len() + 1)
+    );
+    eprintln!(
+        "chaos: pool exhaustion ({db:?}): lost 0 of {} acknowledged, {rejected} answered 503 db_pool_timeout; a new run accepted {:?} after the lock was released",
+        accepted.len(),
+        released.elapsed()
     );
 }
 

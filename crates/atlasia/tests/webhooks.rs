@@ -416,7 +416,30 @@ async fn runs_read_the_issue_from_github_without_leaking_secrets(db: Db) {
     );
 }
 
+/// Below the disk floor a delivery that would start a run is refused with 507 and not recorded,
+/// so GitHub's redelivery once space is back starts the run.
+async fn refused_at_the_disk_floor_then_redelivered(db: Db) {
+    let floor = [
+        ("GITHUB_WEBHOOK_SECRET", SECRET),
+        ("ATLASIA_STORAGE__MIN_FREE_DISK_MB", "1000000000"),
+    ];
+    let mut srv = TestServer::start_with(TestDb::new(db).await, &floor).await;
+    let body = labeled("ai:run", &["ai:run"]);
+    let (s, v) = deliver(&srv, "issues", "delivery-full", &body, None).await;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    assert_eq!(v["error"]["code"], "insufficient_storage", "{v}");
+    assert_eq!(run_count(&srv).await, 0);
+    srv.terminate(Duration::from_secs(30)).await;
+    let TestServer { db, .. } = srv;
+    let srv = TestServer::start_with(db, &[("GITHUB_WEBHOOK_SECRET", SECRET)]).await;
+    let (s, v) = deliver(&srv, "issues", "delivery-full", &body, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "accepted", "{v}");
+    assert_eq!(run_count(&srv).await, 1);
+}
+
 on_both! {
+    disk_floor => refused_at_the_disk_floor_then_redelivered;
     signature => signature_vector_and_forgeries;
     replay => accepted_then_replayed;
     race => racing_redeliveries_start_one_run;

@@ -3,6 +3,7 @@
 //! only (a degraded sandbox never makes the server unready). Each check reports its latency and,
 //! when failing, why — the first thing an on-call engineer reads.
 
+use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -80,6 +81,25 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
             Some(parent) if !parent.as_os_str().is_empty() => p = parent,
             _ => return fs4::available_space("."),
         }
+    }
+}
+
+/// Refuses new work up front (507 `insufficient_storage`) while the data directory's disk is
+/// at or below `storage.min_free_disk_mb`, so the disk never fills through us (0 turns the
+/// guard off). A disk whose free space cannot be read does not refuse work (readiness reports
+/// it).
+pub fn require_headroom(st: &AppState) -> Result<(), ApiError> {
+    let floor_mb = st.settings.storage.min_free_disk_mb;
+    let dir = &st.settings.storage.data_dir;
+    match free_bytes(dir) {
+        Ok(free) if floor_mb > 0 && free <= floor_mb.saturating_mul(1024 * 1024) => {
+            metrics::counter!("storage_refusals_total").increment(1);
+            Err(ApiError::InsufficientStorage(format!(
+                "{} MiB free on the data directory's disk, at or below storage.min_free_disk_mb = {floor_mb}",
+                free / (1024 * 1024)
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

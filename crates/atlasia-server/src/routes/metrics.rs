@@ -15,6 +15,7 @@ pub async fn prometheus(State(st): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("db_pool_connections_idle").set(f64::from(pool.idle));
     metrics::gauge!("db_pool_connections_pending").set(f64::from(pool.pending));
     metrics::gauge!("db_pool_connections_max").set(f64::from(pool.max));
+    metrics::gauge!("db_up").set(if st.store.db_up() { 1.0 } else { 0.0 });
     // A scrape must not hang on an exhausted pool: the status counts are best effort.
     if let Ok(Ok(counts)) =
         tokio::time::timeout(Duration::from_millis(500), st.store.count_by_status()).await

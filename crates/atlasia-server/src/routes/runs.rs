@@ -27,6 +27,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
     let priority_given = req.priority.is_some();
     let mut new = req.validate()?;
+    crate::routes::health::require_headroom(&st)?;
     if atlasia_core::run::is_local_path(&new.repo) {
         new.repo = admit_local(&st, &new.repo).await?;
     }

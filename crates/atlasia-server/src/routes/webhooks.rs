@@ -183,6 +183,9 @@ pub async fn github(
         },
         Err(_) => ("ignored", None),
     };
+    if new.is_some() {
+        crate::routes::health::require_headroom(&st)?;
+    }
     let recorded = st
         .store
         .record_webhook_delivery(&delivery, &event, outcome, new.as_ref())

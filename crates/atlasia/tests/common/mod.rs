@@ -176,6 +176,9 @@ impl TestServer {
             .env("RUST_LOG", "info")
             // API tests expect runs to stay PENDING; engine tests ask for workers.
             .env("ATLASIA_ENGINE__WORKERS", "0")
+            // New work is refused at the disk floor (507); tests must not depend on how full
+            // the machine's disk is. Tests of the floor pass their own value in `env`.
+            .env("ATLASIA_STORAGE__MIN_FREE_DISK_MB", "1")
             // Tests work on repositories in temp dirs and on the bundled examples; attack tests
             // pass a narrower `ATLASIA_SERVER__REPO_ROOTS` in `env`.
             .env("ATLASIA_SERVER__REPO_ROOTS", default_repo_roots())
