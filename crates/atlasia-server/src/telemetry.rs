@@ -92,6 +92,8 @@ fn describe() {
         "db_pool_timeouts_total",
         "Requests refused because no database connection became free in time."
     );
+    // At 0 from start, so `increase()` sees the first timeout.
+    metrics::counter!("db_pool_timeouts_total").absolute(0);
     describe_gauge!(
         "db_up",
         "1 while the database can be reached, 0 since a call found it unavailable."
@@ -128,6 +130,7 @@ fn describe() {
         "workflow_runs_poisoned_total",
         "Runs failed because their worker died engine.max_attempts times at the same step."
     );
+    metrics::counter!("workflow_runs_poisoned_total").absolute(0);
     describe_histogram!(
         "workflow_step_duration_seconds",
         Unit::Seconds,
@@ -140,6 +143,16 @@ fn describe() {
     describe_gauge!(
         "sandbox_mode",
         "1 for the sandbox mode in effect: bwrap, inprocess, none (operator opt-out) or unavailable."
+    );
+    describe_gauge!(
+        "disk_min_free_bytes",
+        Unit::Bytes,
+        "The floor storage.min_free_disk_mb: below it new work is refused (507)."
+    );
+    describe_gauge!(
+        "process_memory_limit_bytes",
+        Unit::Bytes,
+        "The memory limit of the server's cgroup (absent when unlimited)."
     );
     describe_gauge!(
         "websocket_connections_active",
@@ -168,6 +181,16 @@ fn describe() {
     crate::routes::webhooks::zero_metrics();
     atlasia_llm::metrics::describe();
     metrics_process::Collector::default().describe();
+}
+
+/// The memory limit of this process's cgroup (v2, then v1), `None` when unlimited.
+pub fn cgroup_memory_limit() -> Option<f64> {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
+    let v1 = || std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok();
+    let raw = v2.or_else(v1)?;
+    let limit: f64 = raw.trim().parse().ok()?;
+    // v1 reports "unlimited" as a number near 2^63.
+    (limit < 1e18).then_some(limit)
 }
 
 /// Sets up logs on stderr: `text` for people, `json` for collectors. `RUST_LOG` refines.

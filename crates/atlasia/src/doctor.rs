@@ -451,23 +451,13 @@ fn db_faults(samples: &[crate::prom::Sample]) -> Finding {
     }
 }
 
-/// The memory limit of this host's cgroup (v2, then v1), `None` when unlimited.
-fn cgroup_memory_limit() -> Option<f64> {
-    let v2 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
-    let v1 = || std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok();
-    let raw = v2.or_else(v1)?;
-    let limit: f64 = raw.trim().parse().ok()?;
-    // v1 reports "unlimited" as a number near 2^63.
-    (limit < 1e18).then_some(limit)
-}
-
 /// The server's RSS against the cgroup memory limit (of the host the doctor runs on, which is
 /// the server's own when both run in the same container).
 fn memory(rss: Option<f64>) -> Finding {
     let Some(rss) = rss else {
         return finding(Level::Warn, "memory", "the server reports no RSS");
     };
-    match cgroup_memory_limit() {
+    match atlasia_server::telemetry::cgroup_memory_limit() {
         None => finding(
             Level::Ok,
             "memory",

@@ -30,6 +30,12 @@ pub async fn prometheus(State(st): State<AppState>) -> impl IntoResponse {
     if let Ok(free) = free_bytes(&st.settings.storage.data_dir) {
         metrics::gauge!("disk_free_bytes").set(free as f64);
     }
+    // The thresholds the alerts compare with, so the rules carry no host-specific numbers.
+    metrics::gauge!("disk_min_free_bytes")
+        .set(st.settings.storage.min_free_disk_mb as f64 * 1024.0 * 1024.0);
+    if let Some(limit) = crate::telemetry::cgroup_memory_limit() {
+        metrics::gauge!("process_memory_limit_bytes").set(limit);
+    }
     st.gateway.refresh_gauges();
     metrics_process::Collector::default().collect();
     (
