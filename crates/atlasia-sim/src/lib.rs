@@ -5,7 +5,8 @@
 //!
 //! Routes: `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic),
 //! `GET /v1/models` (OpenAI list; Anthropic's when the request carries Anthropic headers),
-//! `GET /sim/stats` (requests per route, faults injected), `GET /health`.
+//! `GET /sim/stats` (requests per route, faults injected), `GET /sim/requests` (the last 64
+//! model request bodies, verbatim), `GET /health`.
 //!
 //! Answers depend only on the request: a forced tool (`tool_choice`) or a user message saying
 //! `call <tool>` gets a tool call whose arguments are generated from the tool's schema; an
@@ -42,6 +43,7 @@ mod pattern;
 mod pipeline;
 mod ratelimit;
 mod reply;
+mod requests;
 mod schema_gen;
 pub mod script;
 mod stats;

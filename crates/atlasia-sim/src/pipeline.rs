@@ -130,6 +130,7 @@ async fn exchange<W: Wire>(
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
         .await
         .map_err(|_| SimError::TooLarge(BODY_LIMIT))?;
+    s.log.push(W::ROUTE.name(), &bytes);
     let chat = W::parse(&bytes)?;
     let spec = header_spec(headers)?;
     let retry_after = header_retry_after(headers)?.unwrap_or(s.cfg.retry_after);

@@ -470,7 +470,65 @@ async fn anthropic_wire_round_trips_tools_and_schemas(db: Db) {
     assert!(!srv.log().contains("sk-ant-test"));
 }
 
+/// Where `first` and then `second` occur in `text`, in that order (panics otherwise).
+fn in_order(text: &str, first: &str, second: &str) {
+    let a = text
+        .find(first)
+        .unwrap_or_else(|| panic!("no {first} in {text}"));
+    let b = text
+        .find(second)
+        .unwrap_or_else(|| panic!("no {second} in {text}"));
+    assert!(a < b, "{first} must come before {second}: {text}");
+}
+
+/// Models fill objects in schema order, so a schema's and a tool's properties reach the
+/// provider in the order the client wrote them (not sorted), on both wires, and the answer
+/// keeps that order too.
+async fn key_order_survives_end_to_end(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let srv = server(db, &sim, None, &[]).await;
+    let schema = json!({"type": "object", "properties": {
+        "summary": {"type": "string"}, "acceptance_criteria": {"type": "array", "items": {"type": "string"}}},
+        "required": ["summary", "acceptance_criteria"]});
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &json!({"model": "sim-model",
+            "messages": [{"role": "user", "content": "plan it"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "plan", "schema": schema}}}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    in_order(
+        v["choices"][0]["message"]["content"].as_str().unwrap(),
+        "\"summary\"",
+        "\"acceptance_criteria\"",
+    );
+    let tools = json!([{"type": "function", "function": {"name": "decide",
+        "parameters": {"type": "object", "properties": {"scores": {"type": "number"},
+            "rationale": {"type": "string"}, "decision": {"type": "string"}},
+            "required": ["scores", "rationale", "decision"]}}}]);
+    let (s, v) = srv
+        .post(
+            "/v1/chat/completions",
+            ADMIN_TOKEN,
+            &json!({"model": "sim-model",
+            "messages": [{"role": "user", "content": "judge"}],
+            "tools": tools, "tool_choice": "required"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    in_order(args, "\"scores\"", "\"rationale\"");
+    in_order(args, "\"rationale\"", "\"decision\"");
+    let bodies = sim.bodies().await;
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    in_order(&bodies[0], "\"summary\"", "\"acceptance_criteria\"");
+    in_order(&bodies[1], "\"scores\"", "\"rationale\"");
+    in_order(&bodies[1], "\"rationale\"", "\"decision\"");
+}
+
 on_both! {
+    key_order => key_order_survives_end_to_end;
     retry_after => retry_after_is_honoured;
     open_breaker => open_breaker_skips_the_primary;
     cut_streams => cut_streams_never_look_complete;
