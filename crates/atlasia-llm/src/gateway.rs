@@ -106,8 +106,26 @@ impl GatewayError {
         }
     }
 
+    /// True when the prompt did not fit the context of any endpoint that was tried (the
+    /// proxy answers OpenAI's `context_length_exceeded`).
+    pub fn context_exceeded(&self) -> bool {
+        match self {
+            Self::Rejected { error, .. } => error.kind == ErrorKind::ContextLength,
+            Self::AllFailed { causes, .. } => {
+                !causes.is_empty()
+                    && causes
+                        .iter()
+                        .all(|(_, e)| e.kind == ErrorKind::ContextLength)
+            }
+            _ => false,
+        }
+    }
+
     /// The status the proxy answers with.
     pub fn http_status(&self) -> u16 {
+        if self.context_exceeded() {
+            return 400;
+        }
         match self {
             Self::NotConfigured => 503,
             Self::UnknownModel(_) => 404,
@@ -152,6 +170,16 @@ fn attempt_record(
         cached: false,
         request_key: Some(key.to_owned()),
         response: None,
+    }
+}
+
+/// Gives the breaker its verdict on a failed attempt: the request's own faults (invalid, too
+/// long for the context) say nothing about the endpoint's health and are not counted.
+fn settle_failure(permit: Permit, e: &LlmError) {
+    if e.counts_against_endpoint() {
+        permit.failure();
+    } else {
+        drop(permit);
     }
 }
 
@@ -599,12 +627,10 @@ impl Gateway {
                 Err((e, hints)) => {
                     st.limiter.observe(&hints);
                     self.note_failure(st, meta, &e, took, key).await;
+                    settle_failure(permit, &e);
                     if !e.tries_next_endpoint() {
-                        // The request's fault, not the endpoint's: no breaker verdict.
-                        drop(permit);
                         return Outcome::Fatal(e);
                     }
-                    permit.failure();
                     if !self.after_failure(&e, attempt).await {
                         return Outcome::Next(e);
                     }
@@ -671,14 +697,13 @@ impl Gateway {
                     Err(e) => {
                         self.note_failure(st, meta, &e, started.elapsed(), &key)
                             .await;
+                        settle_failure(permit, &e);
                         if !e.tries_next_endpoint() {
-                            drop(permit);
                             return Err(GatewayError::Rejected {
                                 endpoint: st.ep.name.clone(),
                                 error: e,
                             });
                         }
-                        permit.failure();
                         if !self.after_failure(&e, attempt).await {
                             break e;
                         }

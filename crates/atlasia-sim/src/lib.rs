@@ -21,7 +21,8 @@
 //! (`<!-- atlasia-sim {json} -->`), then calls `finish`.
 //!
 //! Faults apply to the two model routes. A request's `X-Sim-Fault` header (`429`, `500`,
-//! `502`, `503`, `529`, `auth`, `stall`, `malformed`, `cut=<n>`, `latency=<ms>`, `none`;
+//! `502`, `503`, `529`, `auth`, `stall`, `malformed`, `cut=<n>`, `length[=<n>]`, `context[=<n>]`,
+//! `prose`, `latency=<ms>`, `none`;
 //! comma-separated) wins over the server's settings ([`SimConfig::fault`], `fail_first`,
 //! `fail_rate`, `latency`); `X-Sim-Retry-After: <secs>` sets an injected 429's wait.
 //!

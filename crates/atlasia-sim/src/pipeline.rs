@@ -157,9 +157,31 @@ async fn exchange<W: Wire>(
             stream::pause(&s.stop, s.cfg.stall_max).await;
             return Err(SimError::StallEnded);
         }
-        Some(Fault::Cut(_) | Fault::Malformed) | None => {}
+        Some(
+            Fault::Cut(_) | Fault::Malformed | Fault::Length(_) | Fault::Context(_) | Fault::Prose,
+        )
+        | None => {}
     }
     let reply = reply::reply(&chat);
+    let reply = match plan.fault {
+        Some(Fault::Context(limit)) => {
+            let n_ctx = limit.map_or(0, u64::from);
+            if limit.is_none() || reply.input_tokens > n_ctx {
+                return Err(SimError::ContextExceeded {
+                    n_prompt: reply.input_tokens,
+                    n_ctx: if limit.is_none() {
+                        reply.input_tokens.saturating_sub(1)
+                    } else {
+                        n_ctx
+                    },
+                });
+            }
+            reply
+        }
+        Some(Fault::Length(n)) => reply::cut_short(&chat, reply, n.map(u64::from)),
+        Some(Fault::Prose) => reply::prose(&chat),
+        _ => reply,
+    };
     s.stats.answered();
     s.window
         .add_tokens(reply.input_tokens.saturating_add(reply.output_tokens));

@@ -527,7 +527,98 @@ async fn key_order_survives_end_to_end(db: Db) {
     in_order(&bodies[1], "\"rationale\"", "\"decision\"");
 }
 
+/// A prompt too long for the primary's context is tried once on the fallback (never again on
+/// the primary); when nothing can hold it, the client gets OpenAI's `context_length_exceeded`.
+/// Such failures are the request's, so they never open the breaker.
+async fn context_overflow_tries_the_next_endpoint_once(db: Db) {
+    let small = Sim::start(&["--fault", "context=50"]).await;
+    let big = Sim::start(&[]).await;
+    let srv = server(db, &small, Some(&big), &[]).await;
+    let long = "a long prompt ".repeat(40);
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body(&long))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        small.requests().await,
+        1,
+        "not retried on the small context"
+    );
+    assert_eq!(big.requests().await, 1);
+
+    let only_small = Sim::start(&["--fault", "context=50"]).await;
+    let srv2 = server(db, &only_small, None, &[]).await;
+    for i in 0..6 {
+        let (s, v) = srv2
+            .post(
+                "/v1/chat/completions",
+                ADMIN_TOKEN,
+                &chat_body(&format!("{long} {i}")),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("exceeds the available context size"), "{msg}");
+    }
+    assert_eq!(only_small.requests().await, 6, "one attempt each");
+    // The breaker stayed closed: a prompt that fits is answered at once.
+    let (s, v) = srv2
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("short"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (status, lines) = stream(&srv2, &long).await;
+    assert_eq!(status, 400, "{lines:?}");
+}
+
+/// A provider's 4xx reaches the client with its status and words, after one attempt; a
+/// refused connection says which endpoint refused, at once.
+async fn provider_errors_reach_the_client_as_they_are(db: Db) {
+    let strict = Sim::start(&["--fault", "422"]).await;
+    let srv = server(db, &strict, None, &[]).await;
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("x"))
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("HTTP 422"),
+        "{v}"
+    );
+    assert_eq!(strict.requests().await, 1, "not retried");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("LLM_ENDPOINT", nowhere.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("ATLASIA_LLM__RETRY__BASE_MS", "5000"),
+    ];
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let started = std::time::Instant::now();
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("x"))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("LLM endpoint {nowhere} refused the connection")),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no backoff on a refused connection"
+    );
+}
+
 on_both! {
+    context_overflow => context_overflow_tries_the_next_endpoint_once;
+    provider_errors => provider_errors_reach_the_client_as_they_are;
     key_order => key_order_survives_end_to_end;
     retry_after => retry_after_is_honoured;
     open_breaker => open_breaker_skips_the_primary;
