@@ -23,6 +23,14 @@ pub struct LlmSettings {
     pub budget: BudgetSettings,
     /// Price overrides, USD per million tokens, by model id.
     pub prices: BTreeMap<String, PriceSettings>,
+    /// Per-attempt timeout of every endpoint, milliseconds (`LLM_TIMEOUT_MS`); when set it
+    /// replaces each endpoint's own `timeout_ms`. A slow CPU model needs minutes.
+    pub timeout_ms: Option<u64>,
+    /// Context size in tokens of every endpoint that says nothing else (see
+    /// `endpoint_context_tokens`, and what an endpoint's `GET /models` reports).
+    pub context_tokens: Option<u32>,
+    /// Context size by endpoint name (`[llm.endpoint_context_tokens] primary = 2048`).
+    pub endpoint_context_tokens: BTreeMap<String, u32>,
 }
 
 /// One logical model and the endpoints that serve it, tried in order.
@@ -143,6 +151,9 @@ pub struct AgentSettings {
     pub llm_model: Option<String>,
     /// The model it switches to past the soft budget threshold.
     pub cheaper_model: Option<String>,
+    /// This agent's per-attempt timeout, milliseconds (over `llm.timeout_ms` and the
+    /// endpoint's own): `ATLASIA_AGENTS__DEVELOPER__TIMEOUT_MS=600000`.
+    pub timeout_ms: Option<u64>,
 }
 
 impl Default for RetrySettings {
@@ -220,6 +231,13 @@ impl LlmSettings {
                 "llm.breaker",
                 "failure_rate must be within 0..1 and window > 0",
             );
+        }
+        if self.timeout_ms == Some(0) {
+            return bad("llm.timeout_ms", "must be at least 1");
+        }
+        if self.context_tokens == Some(0) || self.endpoint_context_tokens.values().any(|n| *n == 0)
+        {
+            return bad("llm.context_tokens", "must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.budget.soft_ratio) {
             return bad("llm.budget.soft_ratio", "must be within 0..1");

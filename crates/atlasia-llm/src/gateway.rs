@@ -9,14 +9,17 @@ use crate::cache::{CacheConfig, ResponseCache};
 use crate::config::{AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting};
 use crate::limiter::{LimiterConfig, RateLimiter};
 use crate::pricing::{PriceTable, estimate_tokens};
+use crate::probe::{self, EndpointProbe};
 use crate::provider::{Endpoint, ProviderClient, Wire};
 use crate::record::{CallRecord, CallRecorder};
 use crate::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent, Usage, metrics};
 use atlasia_resilience::{BreakerConfig, CircuitBreaker, Permit, RetryPolicy};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -188,6 +191,11 @@ struct EndpointState {
     ep: Endpoint,
     limiter: RateLimiter,
     breaker: CircuitBreaker,
+    /// Context size in tokens, 0 while unknown: from the settings, else from what the
+    /// endpoint's `GET /models` reported to [`Gateway::probe`].
+    context: AtomicU32,
+    /// The context size came from the settings (a probe does not override it).
+    context_configured: bool,
 }
 
 /// How one endpoint's attempts ended.
@@ -255,6 +263,11 @@ impl Gateway {
                         WireSetting::Openai => Wire::OpenAi,
                         WireSetting::Anthropic => Wire::Anthropic,
                     };
+                    let context = s
+                        .endpoint_context_tokens
+                        .get(&name)
+                        .copied()
+                        .or(s.context_tokens);
                     let st = Arc::new(EndpointState {
                         ep: Endpoint {
                             name: name.clone(),
@@ -262,8 +275,10 @@ impl Gateway {
                             base_url: e.base_url.clone(),
                             api_key: e.api_key.clone(),
                             model: e.model.clone().unwrap_or_else(|| m.name.clone()),
-                            timeout: Duration::from_millis(e.timeout_ms),
+                            timeout: Duration::from_millis(s.timeout_ms.unwrap_or(e.timeout_ms)),
                         },
+                        context: AtomicU32::new(context.unwrap_or(0)),
+                        context_configured: context.is_some(),
                         limiter: RateLimiter::new(limiter_config(
                             e.rate_limit.as_ref().unwrap_or(&s.rate_limit),
                         )),
@@ -445,6 +460,54 @@ impl Gateway {
         Ok(ResponseCache::key(&req))
     }
 
+    /// The endpoint as `meta`'s agent calls it: with the agent's own per-attempt timeout when
+    /// its `[agents.<name>]` section sets one.
+    fn endpoint_for<'a>(&self, st: &'a EndpointState, meta: &CallMeta) -> Cow<'a, Endpoint> {
+        match agent_section(&self.agents, &meta.agent).and_then(|a| a.timeout_ms) {
+            Some(ms) => Cow::Owned(Endpoint {
+                timeout: Duration::from_millis(ms),
+                ..st.ep.clone()
+            }),
+            None => Cow::Borrowed(&st.ep),
+        }
+    }
+
+    /// The context size, in tokens, of the model that would serve `meta`'s call for
+    /// `requested` (empty: the agent's model): the largest known among its endpoints, since
+    /// a prompt too long for one is tried on the next. `None` when no endpoint's size is known
+    /// (not configured, and not reported by a [`Gateway::probe`]) or the model is unknown.
+    /// Compare with [`crate::context::estimate_tokens`] plus the output bound.
+    pub fn context_tokens(&self, meta: &CallMeta, requested: &str) -> Option<u32> {
+        let model = self.route(meta, requested).ok()?;
+        self.models
+            .get(&model)?
+            .iter()
+            .map(|st| st.context.load(Ordering::Relaxed))
+            .filter(|n| *n > 0)
+            .max()
+    }
+
+    /// Checks every configured endpoint with `GET {base}/models` (a short timeout, no retry,
+    /// no breaker or limiter): refused, bad key, wrong path, or fine. An answer that states the
+    /// context size (llama-server's `meta.n_ctx`, vLLM's `max_model_len`, …) fills in the
+    /// endpoint's size unless the settings give one.
+    pub async fn probe(&self) -> Vec<EndpointProbe> {
+        let checks = self.endpoints.iter().map(|st| async move {
+            let (result, context) = probe::check(&self.client, &st.ep).await;
+            if let Some(n) = context
+                && !st.context_configured
+            {
+                st.context.store(n, Ordering::Relaxed);
+            }
+            EndpointProbe {
+                endpoint: st.ep.name.clone(),
+                url: st.ep.display_url(),
+                result,
+            }
+        });
+        futures::future::join_all(checks).await
+    }
+
     /// A complete (non-streaming) call.
     pub async fn chat(
         &self,
@@ -592,7 +655,7 @@ impl Gateway {
                 }
             };
             let started = Instant::now();
-            let res = self.client.chat(&st.ep, req).await;
+            let res = self.client.chat(&self.endpoint_for(st, meta), req).await;
             let took = started.elapsed();
             match res {
                 Ok((resp, hints)) => {
@@ -664,7 +727,11 @@ impl Gateway {
                     }
                 };
                 let started = Instant::now();
-                let first = match self.client.chat_stream(&st.ep, &req).await {
+                let first = match self
+                    .client
+                    .chat_stream(&self.endpoint_for(st, meta), &req)
+                    .await
+                {
                     Ok((mut stream, hints)) => {
                         st.limiter.observe(&hints);
                         match stream.next().await {
@@ -871,7 +938,7 @@ mod tests {
             "architect".to_owned(),
             AgentSettings {
                 llm_model: Some("special".into()),
-                cheaper_model: None,
+                ..AgentSettings::default()
             },
         );
         let g = Gateway::new(
@@ -904,7 +971,7 @@ mod tests {
         let mut agents = BTreeMap::new();
         let model = |m: &str| AgentSettings {
             llm_model: Some(m.into()),
-            cheaper_model: None,
+            ..AgentSettings::default()
         };
         agents.insert("reviewer".to_owned(), model("special"));
         // The environment's spelling of `reviewer-sre`.

@@ -616,7 +616,34 @@ async fn provider_errors_reach_the_client_as_they_are(db: Db) {
     );
 }
 
+/// `LLM_TIMEOUT_MS` bounds each attempt (a slow CPU model needs more than the default; a test
+/// less).
+async fn llm_timeout_ms_bounds_each_attempt(db: Db) {
+    let slow = Sim::start(&["--latency-ms", "3000"]).await;
+    let srv = server(
+        db,
+        &slow,
+        None,
+        &[
+            ("LLM_TIMEOUT_MS", "200"),
+            ("ATLASIA_LLM__RETRY__ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("x"))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("200ms"),
+        "{v}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{v}");
+}
+
 on_both! {
+    llm_timeout => llm_timeout_ms_bounds_each_attempt;
     context_overflow => context_overflow_tries_the_next_endpoint_once;
     provider_errors => provider_errors_reach_the_client_as_they_are;
     key_order => key_order_survives_end_to_end;

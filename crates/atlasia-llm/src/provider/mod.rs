@@ -71,6 +71,16 @@ impl Endpoint {
     /// OpenAI base includes the API version (`/v1` is added only to a bare host), an Anthropic
     /// base does not (`/v1/messages` is added unless the base already ends with `/v1`).
     pub fn url(&self) -> Result<Url, LlmError> {
+        self.url_to("chat/completions", "messages")
+    }
+
+    /// The URL of the model list (`GET`), by the same conventions as [`Endpoint::url`].
+    pub fn models_url(&self) -> Result<Url, LlmError> {
+        self.url_to("models", "models")
+    }
+
+    /// `openai` / `anthropic`: the route under each wire's API version.
+    fn url_to(&self, openai: &str, anthropic: &str) -> Result<Url, LlmError> {
         let invalid = |why: &str| {
             LlmError::new(
                 ErrorKind::Network,
@@ -83,10 +93,10 @@ impl Endpoint {
         }
         let path = url.path().trim_end_matches('/').to_owned();
         let tail = match self.wire {
-            Wire::OpenAi if path.is_empty() => "/v1/chat/completions",
-            Wire::OpenAi => "/chat/completions",
-            Wire::Anthropic if path.ends_with("/v1") => "/messages",
-            Wire::Anthropic => "/v1/messages",
+            Wire::OpenAi if path.is_empty() => format!("/v1/{openai}"),
+            Wire::OpenAi => format!("/{openai}"),
+            Wire::Anthropic if path.ends_with("/v1") => format!("/{anthropic}"),
+            Wire::Anthropic => format!("/v1/{anthropic}"),
         };
         url.set_path(&format!("{path}{tail}"));
         Ok(url)
@@ -127,6 +137,43 @@ impl ProviderClient {
     /// Wraps a client built elsewhere (custom TLS roots, proxies).
     pub fn with_client(http: reqwest::Client) -> Self {
         Self { http }
+    }
+
+    /// `GET` the endpoint's model list within `timeout`: the body as JSON, or the error
+    /// classified as a chat call's would be (`Unreachable`, `Auth`, …).
+    pub async fn models(&self, ep: &Endpoint, timeout: Duration) -> Result<Value, LlmError> {
+        let key = ep.api_key.as_ref();
+        let url = ep.models_url()?;
+        let headers = match ep.wire {
+            Wire::OpenAi => openai::headers(ep),
+            Wire::Anthropic => anthropic::headers(ep),
+        }
+        .map_err(|e| scrub(e, key))?;
+        let attempt = async {
+            let response = self
+                .http
+                .get(url)
+                .headers(headers)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|e| transport_error(e, ep))?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(|e| transport_error(e, ep))?;
+            if !status.is_success() {
+                return Err(status_error(status, &body, &RateHints::default()));
+            }
+            serde_json::from_slice(&body).map_err(|e| {
+                LlmError::new(
+                    ErrorKind::Malformed,
+                    format!("the model list is not JSON: {e}"),
+                )
+            })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result.map_err(|e| scrub(e, key)),
+            Err(_) => Err(timeout_error(timeout, "model list")),
+        }
     }
 
     /// One non-streaming call. The hints come back with errors too: a 429's headers say when
