@@ -242,6 +242,17 @@ impl LlmSettings {
         if !(0.0..=1.0).contains(&self.budget.soft_ratio) {
             return bad("llm.budget.soft_ratio", "must be within 0..1");
         }
+        for name in self.endpoint_context_tokens.keys() {
+            let known = self.models.iter().flat_map(|m| &m.endpoints).any(|e| {
+                e.name.as_deref().unwrap_or_else(|| host_of(&e.base_url)) == name.as_str()
+            });
+            if !known {
+                return Err((
+                    format!("llm.endpoint_context_tokens.{name}"),
+                    "names no configured endpoint".into(),
+                ));
+            }
+        }
         for (i, m) in self.models.iter().enumerate() {
             if m.name.trim().is_empty() {
                 return Err((format!("llm.models[{i}].name"), "must not be empty".into()));
@@ -263,5 +274,52 @@ impl LlmSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// The host (and port) of a URL: an endpoint's default name.
+pub(crate) fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_sizes_must_name_an_endpoint_and_be_positive() {
+        let mut s = LlmSettings {
+            models: vec![ModelSettings {
+                name: "m".into(),
+                endpoints: vec![EndpointSettings {
+                    name: None,
+                    wire: None,
+                    base_url: "http://127.0.0.1:8080/v1".into(),
+                    api_key: None,
+                    model: None,
+                    timeout_ms: 1_000,
+                    rate_limit: None,
+                }],
+            }],
+            ..LlmSettings::default()
+        };
+        s.endpoint_context_tokens
+            .insert("127.0.0.1:8080".into(), 2048);
+        assert_eq!(s.validate(), Ok(()), "the default name is the host");
+        s.endpoint_context_tokens.insert("typo".into(), 2048);
+        assert_eq!(
+            s.validate().map_err(|e| e.0),
+            Err("llm.endpoint_context_tokens.typo".to_owned())
+        );
+        s.endpoint_context_tokens.remove("typo");
+        s.context_tokens = Some(0);
+        assert!(s.validate().is_err());
+        s.context_tokens = None;
+        s.timeout_ms = Some(0);
+        assert_eq!(
+            s.validate().map_err(|e| e.0),
+            Err("llm.timeout_ms".to_owned())
+        );
     }
 }

@@ -6,7 +6,9 @@
 
 use crate::budget::{BudgetConfig, BudgetError, BudgetLevel, Budgets, Reservation};
 use crate::cache::{CacheConfig, ResponseCache};
-use crate::config::{AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting};
+use crate::config::{
+    AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting, host_of,
+};
 use crate::limiter::{LimiterConfig, RateLimiter};
 use crate::pricing::{PriceTable, estimate_tokens};
 use crate::probe::{self, EndpointProbe};
@@ -231,12 +233,6 @@ fn limiter_config(r: &RateLimitSettings) -> LimiterConfig {
     }
 }
 
-/// The host of a URL, for default endpoint names.
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
-}
-
 impl Gateway {
     /// Builds the gateway from settings. Endpoints with the same name share their limiter and
     /// breaker (they are the same upstream). Fails only when the HTTP client cannot be built.
@@ -251,7 +247,10 @@ impl Gateway {
         for m in &s.models {
             let mut list = Vec::new();
             for e in &m.endpoints {
-                let name = e.name.clone().unwrap_or_else(|| host_of(&e.base_url));
+                let name = e
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| host_of(&e.base_url).to_owned());
                 let state = by_name.entry(name.clone()).or_insert_with(|| {
                     let wire = match e.wire.unwrap_or_else(|| {
                         if e.base_url.contains("anthropic") {
