@@ -73,7 +73,19 @@ pub(crate) fn models<W: Wire>(s: &SimState, headers: &HeaderMap) -> Response {
     let request_id = next_request_id(s);
     let mut resp = match s.cfg.api_key.as_deref().map(|k| W::check_auth(headers, k)) {
         Some(Err(err)) => error_response::<W>(&err, &request_id),
-        _ => axum::Json(W::models()).into_response(),
+        _ => {
+            let mut list = W::models();
+            // A server-wide `context=<n>` fault is a server with that context: say so as
+            // llama-server does (`meta.n_ctx`), so clients can learn it.
+            if let Some(Fault::Context(Some(n))) = s.cfg.fault.and_then(|f| f.fault)
+                && let Some(models) = list.get_mut("data").and_then(Value::as_array_mut)
+            {
+                for m in models {
+                    m["meta"] = serde_json::json!({ "n_ctx": n });
+                }
+            }
+            axum::Json(list).into_response()
+        }
     };
     decorate::<W>(s, &mut resp, &request_id);
     resp

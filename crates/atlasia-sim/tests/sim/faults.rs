@@ -462,3 +462,33 @@ async fn prose_comes_instead_of_the_tool_call() {
     assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
     assert_eq!(sim.stats().await["faults"]["prose"], 1);
 }
+
+#[tokio::test]
+async fn a_server_wide_context_size_is_reported_like_llama_server() {
+    let cfg = SimConfig {
+        fault: Some("context=300".parse::<FaultSpec>().unwrap()),
+        ..SimConfig::default()
+    };
+    let sim = Sim::with(cfg).await;
+    let v: Value = sim
+        .client
+        .get(sim.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["meta"]["n_ctx"], 300, "{v}");
+    let plain = Sim::start().await;
+    let v: Value = plain
+        .client
+        .get(plain.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["data"][0].get("meta").is_none(), "{v}");
+}
