@@ -26,6 +26,14 @@ pub struct LlmSettings {
     /// The endpoints are Atlasia's simulator (`atlasia sim-llm`, or the offline demo): only
     /// then do agents see the `atlasia-sim` scripts of issue bodies.
     pub simulator: bool,
+    /// Per-attempt timeout of every endpoint, milliseconds (`LLM_TIMEOUT_MS`); when set it
+    /// replaces each endpoint's own `timeout_ms`. A slow CPU model needs minutes.
+    pub timeout_ms: Option<u64>,
+    /// Context size in tokens of every endpoint that says nothing else (see
+    /// `endpoint_context_tokens`, and what an endpoint's `GET /models` reports).
+    pub context_tokens: Option<u32>,
+    /// Context size by endpoint name (`[llm.endpoint_context_tokens] primary = 2048`).
+    pub endpoint_context_tokens: BTreeMap<String, u32>,
 }
 
 /// One logical model and the endpoints that serve it, tried in order.
@@ -149,6 +157,9 @@ pub struct AgentSettings {
     /// Output bound of one answer, over the agent contract's `max_tokens` (the engine applies
     /// it; a cut structured answer is asked again with twice the bound).
     pub max_tokens: Option<u32>,
+    /// This agent's per-attempt timeout, milliseconds (over `llm.timeout_ms` and the
+    /// endpoint's own): `ATLASIA_AGENTS__DEVELOPER__TIMEOUT_MS=600000`.
+    pub timeout_ms: Option<u64>,
 }
 
 impl Default for RetrySettings {
@@ -227,8 +238,26 @@ impl LlmSettings {
                 "failure_rate must be within 0..1 and window > 0",
             );
         }
+        if self.timeout_ms == Some(0) {
+            return bad("llm.timeout_ms", "must be at least 1");
+        }
+        if self.context_tokens == Some(0) || self.endpoint_context_tokens.values().any(|n| *n == 0)
+        {
+            return bad("llm.context_tokens", "must be at least 1");
+        }
         if !(0.0..=1.0).contains(&self.budget.soft_ratio) {
             return bad("llm.budget.soft_ratio", "must be within 0..1");
+        }
+        for name in self.endpoint_context_tokens.keys() {
+            let known = self.models.iter().flat_map(|m| &m.endpoints).any(|e| {
+                e.name.as_deref().unwrap_or_else(|| host_of(&e.base_url)) == name.as_str()
+            });
+            if !known {
+                return Err((
+                    format!("llm.endpoint_context_tokens.{name}"),
+                    "names no configured endpoint".into(),
+                ));
+            }
         }
         for (i, m) in self.models.iter().enumerate() {
             if m.name.trim().is_empty() {
@@ -251,5 +280,52 @@ impl LlmSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// The host (and port) of a URL: an endpoint's default name.
+pub(crate) fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_sizes_must_name_an_endpoint_and_be_positive() {
+        let mut s = LlmSettings {
+            models: vec![ModelSettings {
+                name: "m".into(),
+                endpoints: vec![EndpointSettings {
+                    name: None,
+                    wire: None,
+                    base_url: "http://127.0.0.1:8080/v1".into(),
+                    api_key: None,
+                    model: None,
+                    timeout_ms: 1_000,
+                    rate_limit: None,
+                }],
+            }],
+            ..LlmSettings::default()
+        };
+        s.endpoint_context_tokens
+            .insert("127.0.0.1:8080".into(), 2048);
+        assert_eq!(s.validate(), Ok(()), "the default name is the host");
+        s.endpoint_context_tokens.insert("typo".into(), 2048);
+        assert_eq!(
+            s.validate().map_err(|e| e.0),
+            Err("llm.endpoint_context_tokens.typo".to_owned())
+        );
+        s.endpoint_context_tokens.remove("typo");
+        s.context_tokens = Some(0);
+        assert!(s.validate().is_err());
+        s.context_tokens = None;
+        s.timeout_ms = Some(0);
+        assert_eq!(
+            s.validate().map_err(|e| e.0),
+            Err("llm.timeout_ms".to_owned())
+        );
     }
 }

@@ -21,6 +21,9 @@ pub enum ErrorKind {
     ContextLength,
     /// Connect, reset, DNS: the request may never have arrived.
     Network,
+    /// Nothing listens there: the connection was refused. Not a passing outage (a wrong port,
+    /// a server that is not running): tried on the next endpoint, never again on this one.
+    Unreachable,
     /// The endpoint's circuit breaker is open.
     CircuitOpen,
     /// A budget cap refused the call.
@@ -53,7 +56,7 @@ impl ErrorKind {
             Self::ServerError | Self::Malformed | Self::StreamCut => "SERVER_ERROR",
             Self::Auth => "AUTH",
             Self::BadRequest | Self::ContextLength => "BAD_REQUEST",
-            Self::Network => "NETWORK",
+            Self::Network | Self::Unreachable => "NETWORK",
             Self::CircuitOpen => "CIRCUIT_OPEN",
             Self::Budget => "BUDGET",
         }
@@ -92,6 +95,9 @@ impl LlmError {
         let message = message.into();
         let kind = match status {
             429 => ErrorKind::RateLimit,
+            // llama-server answers some invalid requests (a `tool_choice` object) with a 500:
+            // repeating them cannot help and says nothing about the endpoint's health.
+            500 if blames_the_request(&message) => ErrorKind::BadRequest,
             500 | 502 | 503 | 504 | 529 => ErrorKind::ServerError,
             401 | 403 => ErrorKind::Auth,
             408 => ErrorKind::Timeout,
@@ -116,8 +122,15 @@ impl LlmError {
     }
 
     /// Worth trying the next endpoint of the model: anything the endpoint (not the request)
-    /// is to blame for. A bad request or a budget refusal would fail everywhere.
+    /// is to blame for. A bad request or a budget refusal would fail everywhere; a prompt too
+    /// long for this endpoint's context may fit the next one's.
     pub fn tries_next_endpoint(&self) -> bool {
+        !matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Budget)
+    }
+
+    /// Whether the endpoint is to blame (the breaker counts it as a failure). The request's
+    /// own faults (invalid, too long for the context) say nothing about the endpoint's health.
+    pub fn counts_against_endpoint(&self) -> bool {
         !matches!(
             self.kind,
             ErrorKind::BadRequest | ErrorKind::ContextLength | ErrorKind::Budget
@@ -130,20 +143,50 @@ impl LlmError {
             ErrorKind::RateLimit => 429,
             ErrorKind::Timeout => 504,
             ErrorKind::ServerError | ErrorKind::Malformed | ErrorKind::StreamCut => 502,
-            ErrorKind::Network | ErrorKind::CircuitOpen => 503,
+            ErrorKind::Network | ErrorKind::Unreachable | ErrorKind::CircuitOpen => 503,
             ErrorKind::Auth => 502,
-            ErrorKind::BadRequest | ErrorKind::ContextLength => 400,
+            ErrorKind::ContextLength => 400,
+            // The provider's own 4xx (404, 413, 422, …) tells the client more than a 400.
+            ErrorKind::BadRequest => self
+                .status
+                .filter(|s| (400..500).contains(s))
+                .unwrap_or(400),
             ErrorKind::Budget => 402,
         }
     }
 }
 
-fn mentions_context_length(message: &str) -> bool {
+/// OpenAI's `context_length_exceeded`, llama-server's `exceed_context_size_error` ("the
+/// request exceeds the available context size"), Anthropic's "prompt is too long", vLLM's
+/// "maximum context length".
+pub(crate) fn mentions_context_length(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("context_length")
         || m.contains("context length")
+        || m.contains("exceed_context_size")
+        || m.contains("exceeds the available context")
+        || m.contains("context size")
         || m.contains("too many tokens")
         || m.contains("prompt is too long")
+}
+
+/// A 500 whose message says the request is at fault (llama-server reports its parse and
+/// validation errors so: "Invalid tool_choice: …", "[json.exception…]", "… is not supported").
+fn blames_the_request(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "invalid",
+        "unsupported",
+        "not supported",
+        "json.exception",
+        "parse error",
+        "must be",
+        "must not",
+        "unknown field",
+        "missing field",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
 }
 
 #[cfg(test)]
@@ -162,8 +205,44 @@ mod tests {
         assert_eq!(t(404), "BAD_REQUEST");
         let ctx = LlmError::from_status(400, "This model's maximum context length is 8192", None);
         assert_eq!(ctx.kind, ErrorKind::ContextLength);
-        assert!(!ctx.is_retryable() && !ctx.tries_next_endpoint());
+        assert!(!ctx.is_retryable() && ctx.tries_next_endpoint());
+        assert!(!ctx.counts_against_endpoint());
         assert!(!LlmError::from_status(400, "bad", None).is_retryable());
+        let llama = LlmError::from_status(
+            400,
+            "exceed_context_size_error: the request exceeds the available context size, try increasing it",
+            None,
+        );
+        assert_eq!(llama.kind, ErrorKind::ContextLength);
+        let anthropic = LlmError::from_status(
+            400,
+            "invalid_request_error: prompt is too long: 210000 tokens > 200000 maximum",
+            None,
+        );
+        assert_eq!(anthropic.kind, ErrorKind::ContextLength);
+    }
+
+    #[test]
+    fn a_500_blaming_the_request_is_not_retried_and_keeps_its_status() {
+        let e = LlmError::from_status(
+            500,
+            "server_error: Invalid tool_choice: {\"type\":\"function\"}",
+            None,
+        );
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(!e.is_retryable() && !e.tries_next_endpoint() && !e.counts_against_endpoint());
+        let busy = LlmError::from_status(500, "server_error: Internal error", None);
+        assert!(busy.is_retryable() && busy.counts_against_endpoint());
+        assert_eq!(
+            LlmError::from_status(404, "no such model", None).http_status(),
+            404
+        );
+        assert_eq!(LlmError::from_status(422, "x", None).http_status(), 422);
+        assert_eq!(
+            e.http_status(),
+            400,
+            "a 5xx the request caused is the client's 400"
+        );
     }
 
     #[test]
@@ -177,6 +256,7 @@ mod tests {
             BadRequest,
             ContextLength,
             Network,
+            Unreachable,
             CircuitOpen,
             Budget,
             Malformed,

@@ -6,17 +6,22 @@
 
 use crate::budget::{BudgetConfig, BudgetError, BudgetLevel, Budgets, Reservation};
 use crate::cache::{CacheConfig, ResponseCache};
-use crate::config::{AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting};
+use crate::config::{
+    AgentSettings, LlmSettings, REVIEWER_CLASS, RateLimitSettings, WireSetting, host_of,
+};
 use crate::limiter::{LimiterConfig, RateLimiter};
 use crate::pricing::{PriceTable, estimate_tokens};
+use crate::probe::{self, EndpointProbe};
 use crate::provider::{Endpoint, ProviderClient, Wire};
 use crate::record::{CallRecord, CallRecorder};
 use crate::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent, Usage, metrics};
 use atlasia_resilience::{BreakerConfig, CircuitBreaker, Permit, RetryPolicy};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -106,8 +111,26 @@ impl GatewayError {
         }
     }
 
+    /// True when the prompt did not fit the context of any endpoint that was tried (the
+    /// proxy answers OpenAI's `context_length_exceeded`).
+    pub fn context_exceeded(&self) -> bool {
+        match self {
+            Self::Rejected { error, .. } => error.kind == ErrorKind::ContextLength,
+            Self::AllFailed { causes, .. } => {
+                !causes.is_empty()
+                    && causes
+                        .iter()
+                        .all(|(_, e)| e.kind == ErrorKind::ContextLength)
+            }
+            _ => false,
+        }
+    }
+
     /// The status the proxy answers with.
     pub fn http_status(&self) -> u16 {
+        if self.context_exceeded() {
+            return 400;
+        }
         match self {
             Self::NotConfigured => 503,
             Self::UnknownModel(_) => 404,
@@ -155,11 +178,26 @@ fn attempt_record(
     }
 }
 
+/// Gives the breaker its verdict on a failed attempt: the request's own faults (invalid, too
+/// long for the context) say nothing about the endpoint's health and are not counted.
+fn settle_failure(permit: Permit, e: &LlmError) {
+    if e.counts_against_endpoint() {
+        permit.failure();
+    } else {
+        drop(permit);
+    }
+}
+
 /// One endpoint with its own limiter and breaker.
 struct EndpointState {
     ep: Endpoint,
     limiter: RateLimiter,
     breaker: CircuitBreaker,
+    /// Context size in tokens, 0 while unknown: from the settings, else from what the
+    /// endpoint's `GET /models` reported to [`Gateway::probe`].
+    context: AtomicU32,
+    /// The context size came from the settings (a probe does not override it).
+    context_configured: bool,
 }
 
 /// How one endpoint's attempts ended.
@@ -195,12 +233,6 @@ fn limiter_config(r: &RateLimitSettings) -> LimiterConfig {
     }
 }
 
-/// The host of a URL, for default endpoint names.
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
-}
-
 impl Gateway {
     /// Builds the gateway from settings. Endpoints with the same name share their limiter and
     /// breaker (they are the same upstream). Fails only when the HTTP client cannot be built.
@@ -215,7 +247,10 @@ impl Gateway {
         for m in &s.models {
             let mut list = Vec::new();
             for e in &m.endpoints {
-                let name = e.name.clone().unwrap_or_else(|| host_of(&e.base_url));
+                let name = e
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| host_of(&e.base_url).to_owned());
                 let state = by_name.entry(name.clone()).or_insert_with(|| {
                     let wire = match e.wire.unwrap_or_else(|| {
                         if e.base_url.contains("anthropic") {
@@ -227,6 +262,11 @@ impl Gateway {
                         WireSetting::Openai => Wire::OpenAi,
                         WireSetting::Anthropic => Wire::Anthropic,
                     };
+                    let context = s
+                        .endpoint_context_tokens
+                        .get(&name)
+                        .copied()
+                        .or(s.context_tokens);
                     let st = Arc::new(EndpointState {
                         ep: Endpoint {
                             name: name.clone(),
@@ -234,8 +274,10 @@ impl Gateway {
                             base_url: e.base_url.clone(),
                             api_key: e.api_key.clone(),
                             model: e.model.clone().unwrap_or_else(|| m.name.clone()),
-                            timeout: Duration::from_millis(e.timeout_ms),
+                            timeout: Duration::from_millis(s.timeout_ms.unwrap_or(e.timeout_ms)),
                         },
+                        context: AtomicU32::new(context.unwrap_or(0)),
+                        context_configured: context.is_some(),
                         limiter: RateLimiter::new(limiter_config(
                             e.rate_limit.as_ref().unwrap_or(&s.rate_limit),
                         )),
@@ -417,6 +459,54 @@ impl Gateway {
         Ok(ResponseCache::key(&req))
     }
 
+    /// The endpoint as `meta`'s agent calls it: with the agent's own per-attempt timeout when
+    /// its `[agents.<name>]` section sets one.
+    fn endpoint_for<'a>(&self, st: &'a EndpointState, meta: &CallMeta) -> Cow<'a, Endpoint> {
+        match agent_section(&self.agents, &meta.agent).and_then(|a| a.timeout_ms) {
+            Some(ms) => Cow::Owned(Endpoint {
+                timeout: Duration::from_millis(ms),
+                ..st.ep.clone()
+            }),
+            None => Cow::Borrowed(&st.ep),
+        }
+    }
+
+    /// The context size, in tokens, of the model that would serve `meta`'s call for
+    /// `requested` (empty: the agent's model): the largest known among its endpoints, since
+    /// a prompt too long for one is tried on the next. `None` when no endpoint's size is known
+    /// (not configured, and not reported by a [`Gateway::probe`]) or the model is unknown.
+    /// Compare with [`crate::context::estimate_tokens`] plus the output bound.
+    pub fn context_tokens(&self, meta: &CallMeta, requested: &str) -> Option<u32> {
+        let model = self.route(meta, requested).ok()?;
+        self.models
+            .get(&model)?
+            .iter()
+            .map(|st| st.context.load(Ordering::Relaxed))
+            .filter(|n| *n > 0)
+            .max()
+    }
+
+    /// Checks every configured endpoint with `GET {base}/models` (a short timeout, no retry,
+    /// no breaker or limiter): refused, bad key, wrong path, or fine. An answer that states the
+    /// context size (llama-server's `meta.n_ctx`, vLLM's `max_model_len`, …) fills in the
+    /// endpoint's size unless the settings give one.
+    pub async fn probe(&self) -> Vec<EndpointProbe> {
+        let checks = self.endpoints.iter().map(|st| async move {
+            let (result, context) = probe::check(&self.client, &st.ep).await;
+            if let Some(n) = context
+                && !st.context_configured
+            {
+                st.context.store(n, Ordering::Relaxed);
+            }
+            EndpointProbe {
+                endpoint: st.ep.name.clone(),
+                url: st.ep.display_url(),
+                result,
+            }
+        });
+        futures::future::join_all(checks).await
+    }
+
     /// A complete (non-streaming) call.
     pub async fn chat(
         &self,
@@ -564,7 +654,7 @@ impl Gateway {
                 }
             };
             let started = Instant::now();
-            let res = self.client.chat(&st.ep, req).await;
+            let res = self.client.chat(&self.endpoint_for(st, meta), req).await;
             let took = started.elapsed();
             match res {
                 Ok((resp, hints)) => {
@@ -599,12 +689,10 @@ impl Gateway {
                 Err((e, hints)) => {
                     st.limiter.observe(&hints);
                     self.note_failure(st, meta, &e, took, key).await;
+                    settle_failure(permit, &e);
                     if !e.tries_next_endpoint() {
-                        // The request's fault, not the endpoint's: no breaker verdict.
-                        drop(permit);
                         return Outcome::Fatal(e);
                     }
-                    permit.failure();
                     if !self.after_failure(&e, attempt).await {
                         return Outcome::Next(e);
                     }
@@ -638,7 +726,11 @@ impl Gateway {
                     }
                 };
                 let started = Instant::now();
-                let first = match self.client.chat_stream(&st.ep, &req).await {
+                let first = match self
+                    .client
+                    .chat_stream(&self.endpoint_for(st, meta), &req)
+                    .await
+                {
                     Ok((mut stream, hints)) => {
                         st.limiter.observe(&hints);
                         match stream.next().await {
@@ -671,14 +763,13 @@ impl Gateway {
                     Err(e) => {
                         self.note_failure(st, meta, &e, started.elapsed(), &key)
                             .await;
+                        settle_failure(permit, &e);
                         if !e.tries_next_endpoint() {
-                            drop(permit);
                             return Err(GatewayError::Rejected {
                                 endpoint: st.ep.name.clone(),
                                 error: e,
                             });
                         }
-                        permit.failure();
                         if !self.after_failure(&e, attempt).await {
                             break e;
                         }

@@ -1242,7 +1242,8 @@ async fn context_length_is_classified_on_both_wires() {
         .await
         .unwrap_err();
     assert_eq!((e.kind, e.status), (ErrorKind::ContextLength, Some(400)));
-    assert!(!e.tries_next_endpoint());
+    // Another endpoint may have a larger context; this one is never asked again.
+    assert!(e.tries_next_endpoint() && !e.is_retryable());
 
     let server = MockServer::start().await;
     mock(
@@ -1377,16 +1378,24 @@ fn httpdate_free_rfc3339(when: std::time::SystemTime) -> String {
 // --- Transport failures --------------------------------------------------------------------
 
 #[tokio::test]
-async fn connection_refused_is_a_network_error() {
+async fn connection_refused_is_unreachable_and_names_the_endpoint() {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
     let ep = endpoint(Wire::OpenAi, format!("http://127.0.0.1:{port}"));
     let (e, hints) = client().chat(&ep, &ask("hi")).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Network, "{e}");
+    assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+    assert_eq!(
+        e.message,
+        format!("LLM endpoint http://127.0.0.1:{port} refused the connection")
+    );
     assert_eq!(hints, RateHints::default());
-    assert!(e.is_retryable());
+    assert!(
+        !e.is_retryable(),
+        "a refused connection is not a passing outage"
+    );
+    assert!(e.tries_next_endpoint());
     let (e, _) = match client()
         .chat_stream(&endpoint(Wire::Anthropic, ep.base_url.clone()), &ask("hi"))
         .await
@@ -1394,7 +1403,7 @@ async fn connection_refused_is_a_network_error() {
         Err(failure) => failure,
         Ok(_) => panic!("nothing listens there"),
     };
-    assert_eq!(e.kind, ErrorKind::Network, "{e}");
+    assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
 }
 
 #[tokio::test]

@@ -569,6 +569,11 @@ impl Settings {
             .merge(Env::raw().only(&["DB_URL"]).map(|_| "database.url".into()))
             .merge(
                 Env::raw()
+                    .only(&["LLM_TIMEOUT_MS"])
+                    .map(|_| "llm.timeout_ms".into()),
+            )
+            .merge(
+                Env::raw()
                     .only(&["ORCHESTRATOR_TOKEN"])
                     .map(|_| "auth.orchestrator_token".into()),
             );

@@ -53,7 +53,9 @@ impl Wire for Anthropic {
 
     fn error_body(err: &SimError, request_id: Option<&str>) -> Value {
         let kind = match err {
-            SimError::BadRequest { .. } | SimError::MethodNotAllowed => "invalid_request_error",
+            SimError::BadRequest { .. }
+            | SimError::MethodNotAllowed
+            | SimError::ContextExceeded { .. } => "invalid_request_error",
             SimError::TooLarge(_) => "request_too_large",
             SimError::Unauthorized(_) => "authentication_error",
             SimError::NotFound(_) => "not_found_error",
@@ -78,6 +80,9 @@ impl Wire for Anthropic {
             SimError::Overloaded => "Overloaded (simulated by sim-llm)".into(),
             SimError::Injected(s) => format!("Internal server error (simulated {s} by sim-llm)"),
             SimError::NotFound(what) => format!("Not found: {what}"),
+            SimError::ContextExceeded { n_prompt, n_ctx } => {
+                format!("prompt is too long: {n_prompt} tokens > {n_ctx} maximum")
+            }
             other => other.to_string(),
         };
         let mut body = json!({"type": "error", "error": {"type": kind, "message": message}});

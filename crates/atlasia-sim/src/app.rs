@@ -8,6 +8,7 @@ use crate::error::SimError;
 use crate::openai::OpenAi;
 use crate::pipeline::{self, Wire};
 use crate::ratelimit::RateWindow;
+use crate::requests::RequestLog;
 use crate::stats::{Route, Stats};
 use axum::Router;
 use axum::extract::{Request, State};
@@ -28,6 +29,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Shared {
     pub cfg: SimConfig,
     pub stats: Stats,
+    /// The last model requests, verbatim.
+    pub log: RequestLog,
     pub window: RateWindow,
     /// Model requests that reached the fault decision (1-based after increment): drives
     /// `--fail-first` and the seeded draws.
@@ -51,6 +54,7 @@ fn build(cfg: SimConfig, stop: CancellationToken) -> Router {
         window: RateWindow::new(cfg.rate_limit_rpm, cfg.rate_limit_tpm),
         cfg,
         stats: Stats::default(),
+        log: RequestLog::default(),
         seq: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         stop,
@@ -60,6 +64,7 @@ fn build(cfg: SimConfig, stop: CancellationToken) -> Router {
         .route("/v1/messages", post(pipeline::handle::<Anthropic>))
         .route("/v1/models", get(models))
         .route("/sim/stats", get(stats))
+        .route("/sim/requests", get(requests))
         .route("/health", get(health))
         .method_not_allowed_fallback(|req: Request| async move {
             wire_error(req.uri().path(), &SimError::MethodNotAllowed)
@@ -121,6 +126,10 @@ async fn models(State(s): State<SimState>, headers: HeaderMap) -> Response {
 
 async fn stats(State(s): State<SimState>) -> Response {
     axum::Json(s.stats.to_json()).into_response()
+}
+
+async fn requests(State(s): State<SimState>) -> Response {
+    axum::Json(s.log.to_json()).into_response()
 }
 
 async fn health(State(s): State<SimState>) -> Response {

@@ -41,6 +41,11 @@ pub enum SimError {
     /// A `stall` fault reached its bound (`stall_max`) or the server is stopping.
     #[error("the simulated provider stalled and gave up")]
     StallEnded,
+    /// The prompt does not fit the context (the `context` fault); llama-server's words.
+    #[error(
+        "request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it"
+    )]
+    ContextExceeded { n_prompt: u64, n_ctx: u64 },
 }
 
 impl SimError {
@@ -84,7 +89,7 @@ impl SimError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::ContextExceeded { .. } => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

@@ -19,6 +19,16 @@ pub enum Fault {
     Cut(usize),
     /// 200 with a body that is not valid JSON (or an SSE stream with a broken JSON event).
     Malformed,
+    /// The answer cut by the output limit: at this many tokens (`length=<n>`), else at the
+    /// request's `max_tokens`, else at 16; `finish_reason: "length"` (Anthropic `max_tokens`).
+    /// A tool call is cut too: its arguments come back as truncated text.
+    Length(Option<u32>),
+    /// The prompt does not fit the context: a 400 in the provider's words (llama-server's
+    /// `exceed_context_size_error` on the OpenAI route, "prompt is too long" on Anthropic's).
+    /// With a size (`context=<n>`), only prompts of more than n tokens are refused.
+    Context(Option<u32>),
+    /// Prose instead of the tool call (or the JSON) the request asked for, as small models do.
+    Prose,
 }
 
 /// A parsed fault spec: comma-separated items, at most one fault plus an optional latency, e.g.
@@ -35,7 +45,7 @@ pub struct FaultSpec {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "bad fault spec '{0}': expected items like 429, 500, 502, 503, 529, auth, stall, malformed, \
-     cut=<n>, latency=<ms> or none, comma-separated"
+     cut=<n>, length[=<n>], context[=<n>], prose, latency=<ms> or none, comma-separated"
 )]
 pub struct BadFaultSpec(pub String);
 
@@ -52,6 +62,9 @@ impl FromStr for FaultSpec {
                 "auth" => Some(Fault::Status(401)),
                 "stall" => Some(Fault::Stall),
                 "malformed" => Some(Fault::Malformed),
+                "length" => Some(Fault::Length(None)),
+                "context" => Some(Fault::Context(None)),
+                "prose" => Some(Fault::Prose),
                 other => {
                     if let Some(ms) = other.strip_prefix("latency=") {
                         let ms: u64 = ms.parse().map_err(|_| bad())?;
@@ -60,6 +73,10 @@ impl FromStr for FaultSpec {
                     }
                     if let Some(n) = other.strip_prefix("cut=") {
                         Some(Fault::Cut(n.parse().map_err(|_| bad())?))
+                    } else if let Some(n) = other.strip_prefix("length=") {
+                        Some(Fault::Length(Some(n.parse().map_err(|_| bad())?)))
+                    } else if let Some(n) = other.strip_prefix("context=") {
+                        Some(Fault::Context(Some(n.parse().map_err(|_| bad())?)))
                     } else {
                         match other.parse::<u16>() {
                             Ok(code) if (400..=599).contains(&code) => Some(Fault::Status(code)),
@@ -87,6 +104,11 @@ impl fmt::Display for Fault {
             Self::Stall => f.write_str("stall"),
             Self::Cut(n) => write!(f, "cut={n}"),
             Self::Malformed => f.write_str("malformed"),
+            Self::Length(None) => f.write_str("length"),
+            Self::Length(Some(n)) => write!(f, "length={n}"),
+            Self::Context(None) => f.write_str("context"),
+            Self::Context(Some(n)) => write!(f, "context={n}"),
+            Self::Prose => f.write_str("prose"),
         }
     }
 }
@@ -195,6 +217,14 @@ mod tests {
         assert_eq!(spec("stall").fault, Some(Fault::Stall));
         assert_eq!(spec("Malformed").fault, Some(Fault::Malformed));
         assert_eq!(spec("cut=3").fault, Some(Fault::Cut(3)));
+        assert_eq!(spec("length").fault, Some(Fault::Length(None)));
+        assert_eq!(spec("length=8").fault, Some(Fault::Length(Some(8))));
+        assert_eq!(spec("context").fault, Some(Fault::Context(None)));
+        assert_eq!(spec("context=2048").fault, Some(Fault::Context(Some(2048))));
+        assert_eq!(spec("prose").fault, Some(Fault::Prose));
+        for s in ["length", "length=8", "context", "context=2048", "prose"] {
+            assert_eq!(spec(s).to_string(), s);
+        }
         assert_eq!(spec("none"), FaultSpec::default());
         let both = spec("latency=250,cut=2");
         assert_eq!(both.latency, Some(Duration::from_millis(250)));
@@ -204,7 +234,17 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for s in ["200", "teapot", "cut=x", "latency=", "500,503", "99999"] {
+        for s in [
+            "200",
+            "teapot",
+            "cut=x",
+            "latency=",
+            "500,503",
+            "99999",
+            "length=-1",
+            "context=x",
+            "prose,length",
+        ] {
             assert!(s.parse::<FaultSpec>().is_err(), "{s}");
         }
     }

@@ -5,7 +5,8 @@
 //!
 //! Routes: `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic),
 //! `GET /v1/models` (OpenAI list; Anthropic's when the request carries Anthropic headers),
-//! `GET /sim/stats` (requests per route, faults injected), `GET /health`.
+//! `GET /sim/stats` (requests per route, faults injected), `GET /sim/requests` (the last 64
+//! model request bodies, verbatim), `GET /health`.
 //!
 //! Answers depend only on the request: a forced tool (`tool_choice`) or a user message saying
 //! `call <tool>` gets a tool call whose arguments are generated from the tool's schema; an
@@ -20,7 +21,8 @@
 //! (`<!-- atlasia-sim {json} -->`), then calls `finish`.
 //!
 //! Faults apply to the two model routes. A request's `X-Sim-Fault` header (`429`, `500`,
-//! `502`, `503`, `529`, `auth`, `stall`, `malformed`, `cut=<n>`, `latency=<ms>`, `none`;
+//! `502`, `503`, `529`, `auth`, `stall`, `malformed`, `cut=<n>`, `length[=<n>]`, `context[=<n>]`,
+//! `prose`, `latency=<ms>`, `none`;
 //! comma-separated) wins over the server's settings ([`SimConfig::fault`], `fail_first`,
 //! `fail_rate`, `latency`); `X-Sim-Retry-After: <secs>` sets an injected 429's wait.
 //!
@@ -42,6 +44,7 @@ mod pattern;
 mod pipeline;
 mod ratelimit;
 mod reply;
+mod requests;
 mod schema_gen;
 pub mod script;
 mod stats;

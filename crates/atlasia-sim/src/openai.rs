@@ -50,6 +50,16 @@ impl Wire for OpenAi {
     }
 
     fn error_body(err: &SimError, _request_id: Option<&str>) -> Value {
+        if let SimError::ContextExceeded { n_prompt, n_ctx } = err {
+            // Exactly as llama-server sends it (its OpenAI-compatible route).
+            return json!({"error": {
+                "code": 400,
+                "message": err.to_string(),
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": n_prompt,
+                "n_ctx": n_ctx,
+            }});
+        }
         let (kind, code): (&str, Option<&str>) = match err {
             SimError::BadRequest { code, .. } => ("invalid_request_error", *code),
             SimError::TooLarge(_) => ("invalid_request_error", Some("request_too_large")),
@@ -61,6 +71,7 @@ impl Wire for OpenAi {
             SimError::Injected(s) if *s >= 500 => ("server_error", None),
             SimError::Injected(_) => ("invalid_request_error", None),
             SimError::StallEnded => ("server_error", Some("timeout")),
+            SimError::ContextExceeded { .. } => ("invalid_request_error", None),
         };
         let param = match err {
             SimError::BadRequest { param, .. } => param.clone(),

@@ -73,7 +73,19 @@ pub(crate) fn models<W: Wire>(s: &SimState, headers: &HeaderMap) -> Response {
     let request_id = next_request_id(s);
     let mut resp = match s.cfg.api_key.as_deref().map(|k| W::check_auth(headers, k)) {
         Some(Err(err)) => error_response::<W>(&err, &request_id),
-        _ => axum::Json(W::models()).into_response(),
+        _ => {
+            let mut list = W::models();
+            // A server-wide `context=<n>` fault is a server with that context: say so as
+            // llama-server does (`meta.n_ctx`), so clients can learn it.
+            if let Some(Fault::Context(Some(n))) = s.cfg.fault.and_then(|f| f.fault)
+                && let Some(models) = list.get_mut("data").and_then(Value::as_array_mut)
+            {
+                for m in models {
+                    m["meta"] = serde_json::json!({ "n_ctx": n });
+                }
+            }
+            axum::Json(list).into_response()
+        }
     };
     decorate::<W>(s, &mut resp, &request_id);
     resp
@@ -130,6 +142,7 @@ async fn exchange<W: Wire>(
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
         .await
         .map_err(|_| SimError::TooLarge(BODY_LIMIT))?;
+    s.log.push(W::ROUTE.name(), &bytes);
     let chat = W::parse(&bytes)?;
     let spec = header_spec(headers)?;
     let retry_after = header_retry_after(headers)?.unwrap_or(s.cfg.retry_after);
@@ -156,9 +169,31 @@ async fn exchange<W: Wire>(
             stream::pause(&s.stop, s.cfg.stall_max).await;
             return Err(SimError::StallEnded);
         }
-        Some(Fault::Cut(_) | Fault::Malformed) | None => {}
+        Some(
+            Fault::Cut(_) | Fault::Malformed | Fault::Length(_) | Fault::Context(_) | Fault::Prose,
+        )
+        | None => {}
     }
     let reply = reply::reply(&chat);
+    let reply = match plan.fault {
+        Some(Fault::Context(limit)) => {
+            let n_ctx = limit.map_or(0, u64::from);
+            if limit.is_none() || reply.input_tokens > n_ctx {
+                return Err(SimError::ContextExceeded {
+                    n_prompt: reply.input_tokens,
+                    n_ctx: if limit.is_none() {
+                        reply.input_tokens.saturating_sub(1)
+                    } else {
+                        n_ctx
+                    },
+                });
+            }
+            reply
+        }
+        Some(Fault::Length(n)) => reply::cut_short(&chat, reply, n.map(u64::from)),
+        Some(Fault::Prose) => reply::prose(&chat),
+        _ => reply,
+    };
     s.stats.answered();
     s.window
         .add_tokens(reply.input_tokens.saturating_add(reply.output_tokens));

@@ -156,6 +156,37 @@ fn text_reply(chat: &Chat, text: String) -> Reply {
     }
 }
 
+/// The answer cut by the output limit (the `length` fault): at `n` tokens, else the request's
+/// `max_tokens`, else 16. Text and tool-call arguments alike come back as cut text, with
+/// `finish_reason: length`.
+pub(crate) fn cut_short(chat: &Chat, reply: Reply, n: Option<u64>) -> Reply {
+    let limit = n.or(chat.max_tokens).unwrap_or(16);
+    let text = match reply.output {
+        Output::Text(text) => text,
+        Output::ToolCall { arguments, .. } => arguments.to_string(),
+    };
+    let cut: String = text
+        .chars()
+        .take(usize::try_from(limit.saturating_mul(4)).unwrap_or(usize::MAX))
+        .collect();
+    Reply {
+        output_tokens: tokens(cut.chars().count()),
+        output: Output::Text(cut),
+        finish: Finish::Length,
+        input_tokens: reply.input_tokens,
+    }
+}
+
+/// Prose instead of the tool call or JSON document asked for (the `prose` fault).
+pub(crate) fn prose(chat: &Chat) -> Reply {
+    text_reply(
+        chat,
+        "[sim-llm] Sure! I think the best approach is to look at the code carefully and then \
+         make the change."
+            .to_owned(),
+    )
+}
+
 /// The agent-aware answer (see [`script`]) when the conversation is an engine agent's: the
 /// first user message is the engine's JSON document, and the request is a structured output the
 /// simulator knows (forced tool or `json_schema` response format) or the developer's tool loop

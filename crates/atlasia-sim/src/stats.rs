@@ -25,7 +25,7 @@ impl Route {
         Route::Other,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::ChatCompletions => "chat_completions",
             Self::Messages => "messages",

@@ -179,7 +179,8 @@ pub struct SimLlmArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
     /// Fault for every model request without an `X-Sim-Fault` header: 429, 500, 502, 503,
-    /// 529, auth, stall, malformed, cut=<n>, latency=<ms>, comma-separated.
+    /// 529, auth, stall, malformed, cut=<n>, length[=<n>], context[=<n>], prose, latency=<ms>,
+    /// comma-separated.
     #[arg(long, value_name = "SPEC")]
     pub fault: Option<atlasia_sim::FaultSpec>,
     /// Share of model requests (0..1) that fail with --fail-status.

@@ -470,7 +470,183 @@ async fn anthropic_wire_round_trips_tools_and_schemas(db: Db) {
     assert!(!srv.log().contains("sk-ant-test"));
 }
 
+/// Where `first` and then `second` occur in `text`, in that order (panics otherwise).
+fn in_order(text: &str, first: &str, second: &str) {
+    let a = text
+        .find(first)
+        .unwrap_or_else(|| panic!("no {first} in {text}"));
+    let b = text
+        .find(second)
+        .unwrap_or_else(|| panic!("no {second} in {text}"));
+    assert!(a < b, "{first} must come before {second}: {text}");
+}
+
+/// Models fill objects in schema order, so a schema's and a tool's properties reach the
+/// provider in the order the client wrote them (not sorted), on both wires, and the answer
+/// keeps that order too.
+async fn key_order_survives_end_to_end(db: Db) {
+    let sim = Sim::start(&[]).await;
+    let srv = server(db, &sim, None, &[]).await;
+    let schema = json!({"type": "object", "properties": {
+        "summary": {"type": "string"}, "acceptance_criteria": {"type": "array", "items": {"type": "string"}}},
+        "required": ["summary", "acceptance_criteria"]});
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &json!({"model": "sim-model",
+            "messages": [{"role": "user", "content": "plan it"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "plan", "schema": schema}}}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    in_order(
+        v["choices"][0]["message"]["content"].as_str().unwrap(),
+        "\"summary\"",
+        "\"acceptance_criteria\"",
+    );
+    let tools = json!([{"type": "function", "function": {"name": "decide",
+        "parameters": {"type": "object", "properties": {"scores": {"type": "number"},
+            "rationale": {"type": "string"}, "decision": {"type": "string"}},
+            "required": ["scores", "rationale", "decision"]}}}]);
+    let (s, v) = srv
+        .post(
+            "/v1/chat/completions",
+            ADMIN_TOKEN,
+            &json!({"model": "sim-model",
+            "messages": [{"role": "user", "content": "judge"}],
+            "tools": tools, "tool_choice": "required"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    in_order(args, "\"scores\"", "\"rationale\"");
+    in_order(args, "\"rationale\"", "\"decision\"");
+    let bodies = sim.bodies().await;
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    in_order(&bodies[0], "\"summary\"", "\"acceptance_criteria\"");
+    in_order(&bodies[1], "\"scores\"", "\"rationale\"");
+    in_order(&bodies[1], "\"rationale\"", "\"decision\"");
+}
+
+/// A prompt too long for the primary's context is tried once on the fallback (never again on
+/// the primary); when nothing can hold it, the client gets OpenAI's `context_length_exceeded`.
+/// Such failures are the request's, so they never open the breaker.
+async fn context_overflow_tries_the_next_endpoint_once(db: Db) {
+    let small = Sim::start(&["--fault", "context=50"]).await;
+    let big = Sim::start(&[]).await;
+    let srv = server(db, &small, Some(&big), &[]).await;
+    let long = "a long prompt ".repeat(40);
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body(&long))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        small.requests().await,
+        1,
+        "not retried on the small context"
+    );
+    assert_eq!(big.requests().await, 1);
+
+    let only_small = Sim::start(&["--fault", "context=50"]).await;
+    let srv2 = server(db, &only_small, None, &[]).await;
+    for i in 0..6 {
+        let (s, v) = srv2
+            .post(
+                "/v1/chat/completions",
+                ADMIN_TOKEN,
+                &chat_body(&format!("{long} {i}")),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("exceeds the available context size"), "{msg}");
+    }
+    assert_eq!(only_small.requests().await, 6, "one attempt each");
+    // The breaker stayed closed: a prompt that fits is answered at once.
+    let (s, v) = srv2
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("short"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (status, lines) = stream(&srv2, &long).await;
+    assert_eq!(status, 400, "{lines:?}");
+}
+
+/// A provider's 4xx reaches the client with its status and words, after one attempt; a
+/// refused connection says which endpoint refused, at once.
+async fn provider_errors_reach_the_client_as_they_are(db: Db) {
+    let strict = Sim::start(&["--fault", "422"]).await;
+    let srv = server(db, &strict, None, &[]).await;
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("x"))
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("HTTP 422"),
+        "{v}"
+    );
+    assert_eq!(strict.requests().await, 1, "not retried");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("LLM_ENDPOINT", nowhere.as_str()),
+        ("LLM_MODEL", "sim-model"),
+        ("ATLASIA_LLM__RETRY__BASE_MS", "5000"),
+    ];
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let started = std::time::Instant::now();
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("x"))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("LLM endpoint {nowhere} refused the connection")),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no backoff on a refused connection"
+    );
+}
+
+/// `LLM_TIMEOUT_MS` bounds each attempt (a slow CPU model needs more than the default; a test
+/// less).
+async fn llm_timeout_ms_bounds_each_attempt(db: Db) {
+    let slow = Sim::start(&["--latency-ms", "3000"]).await;
+    let srv = server(
+        db,
+        &slow,
+        None,
+        &[
+            ("LLM_TIMEOUT_MS", "200"),
+            ("ATLASIA_LLM__RETRY__ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (s, v) = srv
+        .post("/v1/chat/completions", ADMIN_TOKEN, &chat_body("x"))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("200ms"),
+        "{v}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{v}");
+}
+
 on_both! {
+    llm_timeout => llm_timeout_ms_bounds_each_attempt;
+    context_overflow => context_overflow_tries_the_next_endpoint_once;
+    provider_errors => provider_errors_reach_the_client_as_they_are;
+    key_order => key_order_survives_end_to_end;
     retry_after => retry_after_is_honoured;
     open_breaker => open_breaker_skips_the_primary;
     cut_streams => cut_streams_never_look_complete;

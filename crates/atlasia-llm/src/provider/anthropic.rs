@@ -269,6 +269,14 @@ pub(crate) fn parse_response(
         }
     }
     let answered = answer.is_some();
+    if let Some(name) = structured
+        && !answered
+    {
+        // Some Anthropic-compatible servers (llama-server) do not enforce the forced tool that
+        // emulates `json_schema`: the caller gets the prose as content and must validate it.
+        tracing::warn!(endpoint = %ep.name, schema = %name, "the structured-output tool was \
+            not called: the answer is text, not the schema's JSON");
+    }
     let (content, tool_calls) = match answer {
         // The forced tool's input is the answer; it is not a tool call of the caller's.
         Some(json) => (Some(json), Vec::new()),

@@ -54,10 +54,33 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The base URL without credentials or query (`scheme://host:port/path`), for messages.
+    pub fn display_url(&self) -> String {
+        match Url::parse(self.base_url.trim()) {
+            Ok(u) => {
+                let host = u.host_str().unwrap_or_default();
+                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let path = u.path().trim_end_matches('/');
+                format!("{}://{host}{port}{path}", u.scheme())
+            }
+            Err(_) => self.name.clone(),
+        }
+    }
+
     /// The URL a chat call is posted to. Each wire follows its own SDK's convention: an
     /// OpenAI base includes the API version (`/v1` is added only to a bare host), an Anthropic
     /// base does not (`/v1/messages` is added unless the base already ends with `/v1`).
     pub fn url(&self) -> Result<Url, LlmError> {
+        self.url_to("chat/completions", "messages")
+    }
+
+    /// The URL of the model list (`GET`), by the same conventions as [`Endpoint::url`].
+    pub fn models_url(&self) -> Result<Url, LlmError> {
+        self.url_to("models", "models")
+    }
+
+    /// `openai` / `anthropic`: the route under each wire's API version.
+    fn url_to(&self, openai: &str, anthropic: &str) -> Result<Url, LlmError> {
         let invalid = |why: &str| {
             LlmError::new(
                 ErrorKind::Network,
@@ -70,10 +93,10 @@ impl Endpoint {
         }
         let path = url.path().trim_end_matches('/').to_owned();
         let tail = match self.wire {
-            Wire::OpenAi if path.is_empty() => "/v1/chat/completions",
-            Wire::OpenAi => "/chat/completions",
-            Wire::Anthropic if path.ends_with("/v1") => "/messages",
-            Wire::Anthropic => "/v1/messages",
+            Wire::OpenAi if path.is_empty() => format!("/v1/{openai}"),
+            Wire::OpenAi => format!("/{openai}"),
+            Wire::Anthropic if path.ends_with("/v1") => format!("/{anthropic}"),
+            Wire::Anthropic => format!("/v1/{anthropic}"),
         };
         url.set_path(&format!("{path}{tail}"));
         Ok(url)
@@ -116,6 +139,43 @@ impl ProviderClient {
         Self { http }
     }
 
+    /// `GET` the endpoint's model list within `timeout`: the body as JSON, or the error
+    /// classified as a chat call's would be (`Unreachable`, `Auth`, …).
+    pub async fn models(&self, ep: &Endpoint, timeout: Duration) -> Result<Value, LlmError> {
+        let key = ep.api_key.as_ref();
+        let url = ep.models_url()?;
+        let headers = match ep.wire {
+            Wire::OpenAi => openai::headers(ep),
+            Wire::Anthropic => anthropic::headers(ep),
+        }
+        .map_err(|e| scrub(e, key))?;
+        let attempt = async {
+            let response = self
+                .http
+                .get(url)
+                .headers(headers)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|e| transport_error(e, ep))?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(|e| transport_error(e, ep))?;
+            if !status.is_success() {
+                return Err(status_error(status, &body, &RateHints::default()));
+            }
+            serde_json::from_slice(&body).map_err(|e| {
+                LlmError::new(
+                    ErrorKind::Malformed,
+                    format!("the model list is not JSON: {e}"),
+                )
+            })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result.map_err(|e| scrub(e, key)),
+            Err(_) => Err(timeout_error(timeout, "model list")),
+        }
+    }
+
     /// One non-streaming call. The hints come back with errors too: a 429's headers say when
     /// to come back.
     pub async fn chat(
@@ -130,13 +190,13 @@ impl ProviderClient {
             let response = request
                 .send()
                 .await
-                .map_err(|e| (transport_error(e), RateHints::default()))?;
+                .map_err(|e| (transport_error(e, ep), RateHints::default()))?;
             let status = response.status();
             let hints = headers::rate_hints(response.headers());
             let body = response
                 .bytes()
                 .await
-                .map_err(|e| (transport_error(e), hints))?;
+                .map_err(|e| (transport_error(e, ep), hints))?;
             if !status.is_success() {
                 return Err((status_error(status, &body, &hints), hints));
             }
@@ -169,7 +229,7 @@ impl ProviderClient {
             .map_err(|e| (scrub(e, key), RateHints::default()))?;
         let response = match tokio::time::timeout(ep.timeout, request.send()).await {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) => return Err((scrub(transport_error(e), key), RateHints::default())),
+            Ok(Err(e)) => return Err((scrub(transport_error(e, ep), key), RateHints::default())),
             Err(_) => {
                 return Err((
                     timeout_error(ep.timeout, "response headers"),
@@ -344,16 +404,36 @@ fn timeout_error(timeout: Duration, what: &str) -> LlmError {
     LlmError::new(ErrorKind::Timeout, format!("no {what} within {timeout:?}"))
 }
 
-/// Classifies a failure of reqwest: timeouts as `Timeout`, everything else (connect, reset,
-/// DNS, TLS) as `Network`. The URL is left out: a base URL may carry credentials.
-fn transport_error(e: reqwest::Error) -> LlmError {
+/// Classifies a failure of reqwest: timeouts as `Timeout`, a refused connection as
+/// `Unreachable` (naming the endpoint, so a wrong port is obvious), everything else (reset,
+/// DNS, TLS) as `Network`. reqwest's URL is left out: a base URL may carry credentials.
+pub(crate) fn transport_error(e: reqwest::Error, ep: &Endpoint) -> LlmError {
     let e = e.without_url();
-    let kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Network
-    };
-    LlmError::new(kind, describe(&e))
+    if e.is_timeout() {
+        return LlmError::new(ErrorKind::Timeout, describe(&e));
+    }
+    if refused(&e) {
+        return LlmError::new(
+            ErrorKind::Unreachable,
+            format!("LLM endpoint {} refused the connection", ep.display_url()),
+        );
+    }
+    LlmError::new(ErrorKind::Network, describe(&e))
+}
+
+/// Whether an error's causes include a refused TCP connection.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// An error with its causes: reqwest's own message ("error sending request") says little.

@@ -50,15 +50,16 @@ impl From<GatewayError> for OpenAiError {
     fn from(e: GatewayError) -> Self {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
         let (kind, code) = match status.as_u16() {
-            400 | 404 => ("invalid_request_error", Some("model_not_found")),
             402 => ("insufficient_quota", Some("budget_exceeded")),
             429 => ("rate_limit_error", Some("rate_limit_exceeded")),
+            // The request is at fault (ours or the provider's 4xx, passed through).
+            400..=499 => ("invalid_request_error", None),
             _ => ("api_error", Some(e.error_type())),
         };
         let code = if matches!(e, GatewayError::UnknownModel(_)) {
             Some("model_not_found")
-        } else if status == StatusCode::BAD_REQUEST {
-            None
+        } else if e.context_exceeded() {
+            Some("context_length_exceeded")
         } else {
             code
         };

@@ -351,3 +351,144 @@ async fn the_tpm_limit_answers_429_once_the_window_tokens_are_used() {
     assert_eq!(header(&h, "anthropic-ratelimit-tokens-limit"), "50");
     assert_eq!(sim.stats().await["rate_limited"], 2);
 }
+
+#[tokio::test]
+async fn length_cuts_the_answer_and_says_so_on_both_wires() {
+    let sim = Sim::start().await;
+    let long = "please answer at length ".repeat(20);
+    let (s, _, v) = parts(
+        sim.openai(&openai_body(&long), &[("x-sim-fault", "length=3")])
+            .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text.chars().count(), 12, "3 tokens of 4 characters: {text}");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    // Without a size: the request's max_tokens.
+    let mut req = openai_body(&long);
+    req["max_tokens"] = 2.into();
+    let (_, _, v) = parts(sim.openai(&req, &[("x-sim-fault", "length")]).await).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    // A forced tool call is cut too: text, not a call.
+    let mut req = openai_body("judge");
+    req["tools"] = serde_json::json!([{"type": "function", "function": {"name": "decide",
+        "parameters": {"type": "object", "properties": {"why": {"type": "string"}}, "required": ["why"]}}}]);
+    req["tool_choice"] = "required".into();
+    let (_, _, v) = parts(sim.openai(&req, &[("x-sim-fault", "length=2")]).await).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    let (s, _, v) = parts(
+        sim.anthropic(&anthropic_body(&long), &[("x-sim-fault", "length=3")])
+            .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["stop_reason"], "max_tokens", "{v}");
+}
+
+#[tokio::test]
+async fn context_answers_as_llama_server_and_anthropic_do() {
+    let sim = Sim::start().await;
+    let long = "x".repeat(400);
+    let (s, _, v) = parts(
+        sim.openai(&openai_body(&long), &[("x-sim-fault", "context=50")])
+            .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let err = &v["error"];
+    assert_eq!(err["code"], 400, "{v}");
+    assert_eq!(err["type"], "exceed_context_size_error", "{v}");
+    assert_eq!(err["n_ctx"], 50, "{v}");
+    let n_prompt = err["n_prompt_tokens"].as_u64().unwrap();
+    assert!(n_prompt > 50, "{v}");
+    assert_eq!(
+        err["message"],
+        format!(
+            "request ({n_prompt} tokens) exceeds the available context size (50 tokens), try increasing it"
+        )
+    );
+    // A prompt that fits is answered.
+    let (s, _, v) = parts(
+        sim.openai(&openai_body("short"), &[("x-sim-fault", "context=50")])
+            .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, v) = parts(
+        sim.anthropic(&anthropic_body("short"), &[("x-sim-fault", "context")])
+            .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("prompt is too long: "),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn prose_comes_instead_of_the_tool_call() {
+    let sim = Sim::start().await;
+    let mut req = openai_body("judge");
+    req["tools"] = serde_json::json!([{"type": "function", "function": {"name": "decide",
+        "parameters": {"type": "object", "properties": {"why": {"type": "string"}}}}}]);
+    req["tool_choice"] = "required".into();
+    let (s, _, v) = parts(sim.openai(&req, &[("x-sim-fault", "prose")]).await).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("[sim-llm] "),
+        "{v}"
+    );
+    // The server-wide switch works the same.
+    let cfg = SimConfig {
+        fault: Some("prose".parse::<FaultSpec>().unwrap()),
+        ..SimConfig::default()
+    };
+    let sim = Sim::with(cfg).await;
+    let (_, _, v) = parts(sim.openai(&req, &[]).await).await;
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    assert_eq!(sim.stats().await["faults"]["prose"], 1);
+}
+
+#[tokio::test]
+async fn a_server_wide_context_size_is_reported_like_llama_server() {
+    let cfg = SimConfig {
+        fault: Some("context=300".parse::<FaultSpec>().unwrap()),
+        ..SimConfig::default()
+    };
+    let sim = Sim::with(cfg).await;
+    let v: Value = sim
+        .client
+        .get(sim.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["meta"]["n_ctx"], 300, "{v}");
+    let plain = Sim::start().await;
+    let v: Value = plain
+        .client
+        .get(plain.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["data"][0].get("meta").is_none(), "{v}");
+}

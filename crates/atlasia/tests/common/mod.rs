@@ -431,6 +431,22 @@ impl Sim {
         }
     }
 
+    /// The model request bodies the simulator received (its last 64), verbatim, oldest first.
+    pub async fn bodies(&self) -> Vec<String> {
+        let v: Value = reqwest::get(format!("{}/sim/requests", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["requests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("requests: {v}"))
+            .iter()
+            .map(|r| r["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// How many chat requests (OpenAI route) reached the simulator.
     pub async fn requests(&self) -> u64 {
         let v: Value = reqwest::get(format!("{}/sim/stats", self.base))
