@@ -72,7 +72,7 @@ async fn bounded(
 /// `server` is the base URL of a running instance, `None` to skip it.
 pub async fn diagnose(settings: &Settings, server: Option<&str>) -> Vec<Finding> {
     let mut out = vec![finding(Level::Ok, "settings", "valid")];
-    let (db, sandbox, srv) = tokio::join!(
+    let (db, sandbox, srv, llm) = tokio::join!(
         database(settings),
         bounded("sandbox", SANDBOX_DEADLINE, async {
             vec![sandbox(settings).await]
@@ -83,12 +83,44 @@ pub async fn diagnose(settings: &Settings, server: Option<&str>) -> Vec<Finding>
                 None => Vec::new(),
             }
         },
+        bounded("llm endpoints", CHECK_DEADLINE, llm_endpoints(settings)),
     );
     out.extend(db);
     out.push(disk(settings));
     out.extend(sandbox);
+    out.extend(llm);
     out.extend(srv);
     out
+}
+
+/// Every configured LLM endpoint answers its model list (`GET /models`): FAIL for one nothing
+/// listens on, that refuses the key, or that has no model list at its base URL.
+async fn llm_endpoints(settings: &Settings) -> Vec<Finding> {
+    let recorder = std::sync::Arc::new(atlasia_llm::NoRecorder);
+    let gateway = match atlasia_llm::Gateway::new(&settings.llm, settings.agents.clone(), recorder)
+    {
+        Ok(g) => g,
+        Err(e) => return vec![finding(Level::Fail, "llm endpoints", e.to_string())],
+    };
+    let probes = gateway.probe().await;
+    if probes.is_empty() {
+        return vec![finding(
+            Level::Ok,
+            "llm endpoints",
+            "none configured: `atlasia run` uses the built-in simulator",
+        )];
+    }
+    probes
+        .into_iter()
+        .map(|p| {
+            let level = if p.result.is_ok() {
+                Level::Ok
+            } else {
+                Level::Fail
+            };
+            finding(level, "llm endpoint", p.to_string())
+        })
+        .collect()
 }
 
 /// Really runs a command in the sandbox the settings describe: OK when it is isolated (no

@@ -36,6 +36,28 @@ pub fn parse_issue(text: &str) -> Result<(String, String), String> {
     Ok((title, body))
 }
 
+/// Asks every LLM endpoint for its model list before the first step: when none can answer
+/// for a reason that will not pass by itself (nothing listens, the key is refused), the bolt
+/// is not started (exit 2, the endpoint's answer in one line) instead of waiting out
+/// `engine.llm_patience_secs`. An endpoint that answers oddly (no model list, a 5xx) is only
+/// reported: the call itself may still work.
+async fn preflight(gateway: &atlasia_llm::Gateway) -> Result<(), CliError> {
+    use atlasia_llm::ProbeResult;
+    let probes = gateway.probe().await;
+    let dead = |p: &&atlasia_llm::EndpointProbe| {
+        matches!(p.result, ProbeResult::Refused | ProbeResult::Auth(_))
+    };
+    if let Some(first) = probes.first()
+        && probes.iter().all(|p| dead(&p))
+    {
+        return Err(CliError::BadInput(first.to_string()));
+    }
+    for p in probes.iter().filter(|p| !p.result.is_ok()) {
+        eprintln!("warning: {p}");
+    }
+    Ok(())
+}
+
 /// Runs one bolt; returns the process exit code.
 pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> {
     // The user's own process takes any folder they name, except the data directory (importing
@@ -80,6 +102,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<u8, CliError> 
                 StartError::Setup(why) => CliError::BadInput(why),
                 other => other.into(),
             })?;
+    preflight(&engine.gateway).await?;
     let run = store.create_run(&new).await.map_err(|e| match e {
         StoreError::RunActive(id) => CliError::BadInput(format!(
             "--issue-number: run {} of this repository and issue is still active; cancel it or let it finish first",

@@ -221,3 +221,37 @@ async fn pending_work_without_a_live_worker_fails(db: Db) {
 on_both! {
     no_live_worker => pending_work_without_a_live_worker_fails;
 }
+
+/// Every configured LLM endpoint is asked for its model list: one that nothing listens on is a
+/// FAIL naming it, one that answers is ok.
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_endpoints_are_probed() {
+    let sim = Sim::start(&[]).await;
+    let db = TestDb::new(Db::Sqlite).await;
+    let env = [
+        ("LLM_ENDPOINT", "http://127.0.0.1:9/v1"),
+        ("LLM_MODEL", "house-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("LLM_FALLBACK_ENDPOINT", sim.base.as_str()),
+        ("LLM_FALLBACK_API_KEY", "sk-test-key"),
+    ];
+    let (code, report) = doctor(&db, &[], &env);
+    assert_eq!(code, 1, "{report}");
+    let lines: Vec<&str> = report
+        .lines()
+        .filter(|l| l.get(6..).is_some_and(|c| c.starts_with("llm endpoint ")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{report}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("FAIL")
+            && l.contains("LLM endpoint http://127.0.0.1:9/v1")
+            && l.contains("refused the connection")),
+        "{report}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ok") && l.contains(sim.base.trim_end_matches('/'))),
+        "{report}"
+    );
+}

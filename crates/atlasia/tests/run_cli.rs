@@ -195,3 +195,39 @@ async fn a_passing_llm_outage_is_shown_as_a_wait() {
         "stdout:\n{out}\nstderr:\n{err}"
     );
 }
+
+/// An LLM endpoint nothing listens on: `atlasia run` says so in one line and exits 2 before
+/// the first step, instead of waiting out the step's patience.
+#[test]
+fn an_unreachable_llm_is_refused_before_the_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = cli(
+        dir.path(),
+        &[
+            "run",
+            "--repo",
+            &example("py-inventory"),
+            "--issue",
+            &example("issues/py-inventory-1.md"),
+        ],
+        &[
+            ("LLM_ENDPOINT", "http://127.0.0.1:9/v1"),
+            ("LLM_MODEL", "house-model"),
+            ("LLM_API_KEY", "sk-test-key"),
+            ("NO_COLOR", "1"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("LLM endpoint http://127.0.0.1:9/v1")
+            && err.contains("refused the connection"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
