@@ -61,6 +61,87 @@ pub enum DeveloperOutcome {
     Cancelled,
 }
 
+/// The share of the model's context a request may fill (prompt + output bound): the token
+/// estimate is rough (about ±30 %), so the rest is margin.
+const CONTEXT_SHARE: f64 = 0.8;
+
+/// What replaces the turns dropped to fit the context.
+fn dropped_note(n: usize) -> String {
+    format!(
+        "[{n} earlier message(s) of this conversation were dropped to fit the model's context. \
+         Your changes so far are in the worktree: read the files again (or run git diff) \
+         before editing them.]"
+    )
+}
+
+/// Makes `messages` fit `budget` tokens (as `estimate` counts them): drops the oldest
+/// exchanges after the system prompt and the task — an assistant turn always with the tool
+/// results that answer it, so the conversation stays well-formed — leaving a note where they
+/// were; then, if one turn alone is still too big, cuts the longest tool results with a note.
+/// Returns how many messages were dropped.
+pub fn fit_context(
+    messages: &mut Vec<Message>,
+    budget: u32,
+    estimate: impl Fn(&[Message]) -> u32,
+) -> usize {
+    let mut dropped = 0;
+    // [system, task, (note)?, exchange…]: exchanges start at an assistant message.
+    let head = 2;
+    while estimate(messages) > budget {
+        let first = messages
+            .iter()
+            .enumerate()
+            .skip(head)
+            .find(|(_, m)| m.role == Role::Assistant)
+            .map(|(i, _)| i);
+        let Some(start) = first else { break };
+        let end = messages[start + 1..]
+            .iter()
+            .position(|m| m.role == Role::Assistant)
+            .map_or(messages.len(), |p| start + 1 + p);
+        // Keep at least the latest exchange: the model needs what it just did.
+        if end >= messages.len() {
+            break;
+        }
+        let removed = messages.drain(start..end).count();
+        dropped += removed;
+        let note = Message::text(Role::User, dropped_note(dropped));
+        if messages.get(head).is_some_and(|m| {
+            m.role == Role::User
+                && m.content
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("[") && c.contains("were dropped to fit"))
+        }) {
+            messages[head] = note;
+        } else {
+            messages.insert(head, note);
+        }
+    }
+    // Still too big: shorten the longest tool results, keeping their start.
+    while estimate(messages) > budget {
+        let Some(longest) = messages
+            .iter_mut()
+            .filter(|m| m.role == Role::Tool)
+            .max_by_key(|m| m.content.as_deref().map_or(0, str::len))
+        else {
+            break;
+        };
+        let Some(text) = longest.content.as_mut() else {
+            break;
+        };
+        if text.len() < 512 {
+            break;
+        }
+        let mut keep = text.len() / 2;
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        text.truncate(keep);
+        text.push_str("\n[cut to fit the model's context; read a smaller range if you need more]");
+    }
+    dropped
+}
+
 /// Answers cut by the output bound in a row before the loop gives up.
 const MAX_CUT_ANSWERS: u32 = 2;
 
@@ -112,6 +193,25 @@ pub async fn develop(
     for _turn in 0..limits.max_turns {
         if ctx.cancel.is_cancelled() {
             return DeveloperOutcome::Cancelled;
+        }
+        // Measured before sending: a conversation that outgrew the model's context loses its
+        // oldest turns rather than the whole step.
+        if let Some(context) = ctx.gateway.context_tokens(&ctx.meta(contract), "") {
+            let budget = (f64::from(context) * CONTEXT_SHARE) as u32;
+            let budget = budget.saturating_sub(bound);
+            let tools_cost = atlasia_llm::estimate_tokens(&ChatRequest {
+                tools: definitions.clone(),
+                ..ChatRequest::default()
+            });
+            let dropped = fit_context(&mut messages, budget.saturating_sub(tools_cost), |m| {
+                atlasia_llm::estimate_tokens(&ChatRequest {
+                    messages: m.to_vec(),
+                    ..ChatRequest::default()
+                })
+            });
+            if dropped > 0 {
+                tracing::info!(run = %ctx.run.id, dropped, context, "developer turns dropped to fit the context");
+            }
         }
         let req = ChatRequest {
             messages: messages.clone(),
@@ -262,4 +362,107 @@ async fn record(ctx: &StepCtx<'_>, tool: &str, target: &str, ok: bool, detail: &
                "ok": ok, "detail": short(detail, 200)}),
     )
     .await;
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test should fail loudly")]
+mod context_tests {
+    use super::*;
+
+    fn chars(m: &[Message]) -> u32 {
+        m.iter()
+            .map(|m| m.content.as_deref().map_or(0, str::len) as u32 + 10)
+            .sum()
+    }
+
+    fn exchange(i: usize, result: usize) -> Vec<Message> {
+        vec![
+            Message {
+                role: Role::Assistant,
+                content: None,
+                tool_calls: vec![ToolCall {
+                    id: format!("c{i}"),
+                    name: "read_file".into(),
+                    arguments: "{}".into(),
+                }],
+                tool_call_id: None,
+            },
+            Message {
+                role: Role::Tool,
+                content: Some("x".repeat(result)),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(format!("c{i}")),
+            },
+        ]
+    }
+
+    fn conversation(turns: usize, result: usize) -> Vec<Message> {
+        let mut m = vec![
+            Message::text(Role::System, "prompt"),
+            Message::text(Role::User, "task"),
+        ];
+        for i in 0..turns {
+            m.extend(exchange(i, result));
+        }
+        m
+    }
+
+    #[test]
+    fn a_conversation_that_fits_is_untouched() {
+        let mut m = conversation(3, 100);
+        let before = m.clone();
+        assert_eq!(fit_context(&mut m, 10_000, chars), 0);
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn the_oldest_exchanges_go_whole_and_a_note_says_so() {
+        let mut m = conversation(10, 1000);
+        let dropped = fit_context(&mut m, 4_000, chars);
+        assert!(chars(&m) <= 4_000, "{}", chars(&m));
+        assert_eq!(
+            dropped % 2,
+            0,
+            "an assistant turn goes with its tool result"
+        );
+        assert_eq!(m[0].content.as_deref(), Some("prompt"));
+        assert_eq!(m[1].content.as_deref(), Some("task"));
+        assert!(
+            m[2].content
+                .as_deref()
+                .unwrap_or("")
+                .contains(&format!("{dropped} earlier"))
+        );
+        // Every tool result still answers the assistant call right before it.
+        for w in m[3..].windows(2) {
+            if w[1].role == Role::Tool {
+                assert_eq!(w[0].tool_calls[0].id, w[1].tool_call_id.clone().unwrap());
+            }
+        }
+        // The latest exchange is kept.
+        assert_eq!(m.last().unwrap().tool_call_id.as_deref(), Some("c9"));
+        // One note, however many rounds of dropping.
+        let notes = m
+            .iter()
+            .filter(|x| {
+                x.content
+                    .as_deref()
+                    .is_some_and(|c| c.contains("were dropped"))
+            })
+            .count();
+        assert_eq!(notes, 1);
+    }
+
+    #[test]
+    fn one_huge_result_is_cut_with_a_note() {
+        let mut m = conversation(1, 50_000);
+        fit_context(&mut m, 5_000, chars);
+        assert!(chars(&m) <= 5_000, "{}", chars(&m));
+        let tool = m.last().unwrap().content.clone().unwrap();
+        assert!(
+            tool.ends_with("read a smaller range if you need more]"),
+            "{}",
+            &tool[tool.len() - 80..]
+        );
+    }
 }

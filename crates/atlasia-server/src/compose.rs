@@ -67,8 +67,19 @@ pub async fn engine(
         repos: reach.repos,
         simulator: settings.llm.simulator,
     };
+    let gateway = Arc::new(gateway);
+    // The endpoints' own word on their context sizes (llama-server's `n_ctx`, vLLM's
+    // `max_model_len`), learnt in the background; until then only configured sizes apply.
+    let probing = gateway.clone();
+    tracker.spawn(async move {
+        for p in probing.probe().await {
+            if !p.result.is_ok() {
+                tracing::warn!(endpoint = %p.endpoint, "{p}");
+            }
+        }
+    });
     Ok(Engine {
-        gateway: Arc::new(gateway),
+        gateway,
         contracts: Arc::new(contracts),
         workers,
     })
