@@ -82,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(())
         }
         Command::Admin(AdminCommand::Token(cmd)) => token(settings, cmd).await,
+        Command::Backup(cmd) => crate::backup_cmd::run(settings, cmd).await,
         Command::SimLlm(args) => sim_llm(args).await,
     };
     done.map(|()| 0)
