@@ -52,7 +52,8 @@ pub async fn run(settings: Settings, cmd: BackupCommand) -> Result<(), CliError>
     match cmd {
         BackupCommand::Create { to, keep } => {
             let dir = to.unwrap_or_else(|| settings.storage.data_dir.join("backups"));
-            let path = create(&settings, &dir).await?;
+            let (path, what) = create(&settings, &dir).await?;
+            eprintln!("{what}");
             println!("{}", path.display());
             if let Some(keep) = keep {
                 for old in prune(&dir, keep as usize)? {
@@ -114,18 +115,21 @@ pub async fn run(settings: Settings, cmd: BackupCommand) -> Result<(), CliError>
     }
 }
 
-/// Writes a backup of the configured database into `dir` and returns its path. Consistent
-/// while a server writes (one snapshot); the file appears under its final name only once
-/// complete.
-async fn create(settings: &Settings, dir: &Path) -> Result<PathBuf, CliError> {
+/// Writes a backup of the configured database into `dir`; returns its path and what it holds.
+/// Consistent while a server writes (one snapshot); the file appears under its final name only
+/// once complete.
+async fn create(settings: &Settings, dir: &Path) -> Result<(PathBuf, String), CliError> {
     std::fs::create_dir_all(dir).map_err(|e| {
         CliError::BadInput(format!(
             "cannot create backup folder {}: {e}",
             dir.display()
         ))
     })?;
-    // No migration: a backup reads the database as it is.
-    let store = Store::connect(&settings.db_options()).await?;
+    // No migration: a backup reads the database as it is, on a small pool of its own.
+    let mut opts = settings.db_options();
+    opts.max_connections = 2;
+    opts.min_idle = 0;
+    let store = Store::connect(&opts).await?;
     let stamp = Timestamp::now().to_rfc3339().replace(['-', ':'], "");
     let name = format!("{PREFIX}{stamp}{SUFFIX}");
     let payload_tmp = dir.join(format!(".{name}.payload"));
@@ -164,13 +168,13 @@ async fn create(settings: &Settings, dir: &Path) -> Result<PathBuf, CliError> {
         out.sync_all()?;
         let path = dir.join(&name);
         std::fs::rename(&final_tmp, &path)?;
-        eprintln!(
+        let what = format!(
             "backup of the {} database (schema {}): {}",
             manifest.source_backend,
             manifest.schema_version,
             summary(&manifest.tables)
         );
-        Ok(path)
+        Ok((path, what))
     }
     .await;
     store.close().await;
@@ -179,6 +183,51 @@ async fn create(settings: &Settings, dir: &Path) -> Result<PathBuf, CliError> {
         let _ = std::fs::remove_file(&final_tmp);
     }
     res
+}
+
+/// `serve`'s schedule (`[backup] interval_secs` > 0): a backup every interval, then the
+/// retention of `[backup] keep`, until `stop`. Failures are logged and counted, never fatal.
+pub async fn schedule(settings: Settings, stop: tokio_util::sync::CancellationToken) {
+    metrics::describe_gauge!(
+        "backup_last_success_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "Unix time of the last scheduled backup that succeeded (0: none since start)."
+    );
+    metrics::describe_counter!("backup_failures_total", "Scheduled backups that failed.");
+    metrics::gauge!("backup_last_success_timestamp_seconds").set(0.0);
+    metrics::counter!("backup_failures_total").absolute(0);
+    let every = std::time::Duration::from_secs(settings.backup.interval_secs);
+    if every.is_zero() {
+        return;
+    }
+    let dir = settings
+        .backup
+        .dir
+        .clone()
+        .unwrap_or_else(|| settings.storage.data_dir.join("backups"));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let keep = settings.backup.keep as usize;
+        let done = match create(&settings, &dir).await {
+            Ok((path, what)) if keep > 0 => prune(&dir, keep).map(|old| (path, what, old)),
+            Ok((path, what)) => Ok((path, what, Vec::new())),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok((path, what, old)) => {
+                let now = Timestamp::now().0 as f64 / 1000.0;
+                metrics::gauge!("backup_last_success_timestamp_seconds").set(now);
+                tracing::info!(path = %path.display(), deleted = old.len(), "{what}");
+            }
+            Err(e) => {
+                metrics::counter!("backup_failures_total").increment(1);
+                tracing::error!(dir = %dir.display(), "scheduled backup failed: {e}");
+            }
+        }
+    }
 }
 
 /// Reads the whole file once: the manifest must parse and the payload's checksum match.

@@ -74,10 +74,13 @@ async fn snapshot(srv: &TestServer) -> (Value, Vec<Value>) {
     (list, events)
 }
 
+/// Our backups in `dir`, oldest first (none while `dir` does not exist yet).
 fn ours_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| {
             let n = p.file_name().unwrap().to_str().unwrap();
             n.starts_with("atlasia-backup-2") && n.ends_with(".jsonl.gz")
@@ -218,7 +221,75 @@ async fn crosses_backends(db: Db) {
     assert_eq!(snapshot(&restored).await, before);
 }
 
+/// `[backup] interval_secs` makes `serve` back up on its own: files appear, the success
+/// gauge moves, the failure counter stays 0 (both exposed from start), and a backup verifies.
+async fn scheduled_in_serve(db: Db) {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("scheduled");
+    let srv = TestServer::start_with(
+        TestDb::new(db).await,
+        &[
+            ("ATLASIA_BACKUP__INTERVAL_SECS", "1"),
+            ("ATLASIA_BACKUP__DIR", dir.to_str().unwrap()),
+            ("ATLASIA_BACKUP__KEEP", "2"),
+        ],
+    )
+    .await;
+    let m = srv.metrics().await;
+    assert_eq!(sample(&m, "backup_failures_total", &[]), Some(0.0), "{m}");
+    assert!(sample(&m, "backup_last_success_timestamp_seconds", &[]).is_some());
+    srv.create_run(json!({"repo": "acme/widgets", "title": "scheduled"}))
+        .await;
+    let newest = eventually(std::time::Duration::from_secs(60), || async {
+        let m = srv.metrics().await;
+        let ok = sample(&m, "backup_last_success_timestamp_seconds", &[])?;
+        let files = ours_in(&dir);
+        // Taken after the run existed, and retention has kept at most two.
+        (ok > 0.0 && files.len() == 2).then(|| files[1].clone())
+    })
+    .await;
+    let m = srv.metrics().await;
+    assert_eq!(sample(&m, "backup_failures_total", &[]), Some(0.0), "{m}");
+    let out = backup(work.path(), &srv.db, &["verify", newest.to_str().unwrap()]);
+    out.expect(0);
+    assert!(out.stdout.contains("workflow_runs 1"), "{}", out.stdout);
+}
+
+/// A scheduled backup that cannot be written is counted and logged; the server keeps serving.
+async fn scheduled_failure_is_counted(db: Db) {
+    let work = tempfile::tempdir().unwrap();
+    let not_a_dir = work.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let srv = TestServer::start_with(
+        TestDb::new(db).await,
+        &[
+            ("ATLASIA_BACKUP__INTERVAL_SECS", "1"),
+            ("ATLASIA_BACKUP__DIR", not_a_dir.to_str().unwrap()),
+        ],
+    )
+    .await;
+    eventually(std::time::Duration::from_secs(30), || async {
+        let m = srv.metrics().await;
+        (sample(&m, "backup_failures_total", &[])? >= 1.0).then_some(())
+    })
+    .await;
+    let m = srv.metrics().await;
+    assert_eq!(
+        sample(&m, "backup_last_success_timestamp_seconds", &[]),
+        Some(0.0)
+    );
+    assert!(
+        srv.log().contains("scheduled backup failed"),
+        "{}",
+        srv.log()
+    );
+    let (s, _) = srv.get("/api/runs", ADMIN_TOKEN).await;
+    assert_eq!(s, 200);
+}
+
 on_both! {
+    scheduled_in_serve => scheduled_in_serve;
+    scheduled_failure_is_counted => scheduled_failure_is_counted;
     create_verify_restore => create_verify_restore;
     crosses_backends => crosses_backends;
 }
