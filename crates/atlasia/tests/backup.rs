@@ -194,6 +194,72 @@ async fn create_verify_restore(db: Db) {
         .await;
 }
 
+/// A backup taken while runs are being created is one snapshot: every run it holds has all its
+/// events and no event lacks its run (otherwise the restore would fail its foreign keys or
+/// the sequence check below), and the manifest's counts match the rows.
+async fn consistent_under_writes(db: Db) {
+    let srv = std::sync::Arc::new(TestServer::start(db).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (srv, stop) = (srv.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                srv.create_run(json!({"repo": "acme/widgets", "title": format!("w{n}")}))
+                    .await;
+                n += 1;
+            }
+            n
+        })
+    };
+    // Writes are under way before and during each backup.
+    eventually(std::time::Duration::from_secs(30), || async {
+        let (_, v) = srv.get("/api/runs?limit=5", ADMIN_TOKEN).await;
+        (v["items"].as_array().map_or(0, Vec::len) >= 3).then_some(())
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for _ in 0..3 {
+        let (dir, db) = (work.path().to_owned(), srv.db.url.clone());
+        let data = srv.db.dir.path().to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            cli(
+                &dir,
+                &["backup", "create", "--to", dir.to_str().unwrap()],
+                &[
+                    ("DB_URL", &db),
+                    ("ATLASIA_STORAGE__DATA_DIR", data.to_str().unwrap()),
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        files.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 3);
+    for file in &files {
+        backup(work.path(), &srv.db, &["verify", file]).expect(0);
+        let fresh = TestDb::new(db).await;
+        backup(work.path(), &fresh, &["restore", file]).expect(0);
+        let broken = fresh.sql_cli(
+            "SELECT COUNT(*) FROM workflow_runs r WHERE r.last_event_seq <> \
+             (SELECT COALESCE(MAX(e.seq), 0) FROM run_events e WHERE e.run_id = r.id)",
+        );
+        assert_eq!(
+            broken.trim(),
+            "0",
+            "runs whose events are cut off in {file}"
+        );
+    }
+}
+
 /// A backup of either backend restores into the other (the format is logical).
 async fn crosses_backends(db: Db) {
     if skip_postgres() {
@@ -292,4 +358,5 @@ on_both! {
     scheduled_failure_is_counted => scheduled_failure_is_counted;
     create_verify_restore => create_verify_restore;
     crosses_backends => crosses_backends;
+    consistent_under_writes => consistent_under_writes;
 }
