@@ -107,7 +107,7 @@ pub async fn run(settings: Settings, cmd: BackupCommand) -> Result<(), CliError>
             println!(
                 "restored {} into the {} database: {}",
                 file.display(),
-                settings.db_options().url.split(':').next().unwrap_or("?"),
+                store.backend().as_str(),
                 summary(&m.tables)
             );
             Ok(())
