@@ -21,6 +21,8 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub storage: StorageSettings,
+    /// Scheduled backups in `serve` (`[backup]`).
+    pub backup: BackupSettings,
     pub auth: AuthSettings,
     /// The LLM gateway (`[llm]`; the original `LLM_*` variables fill it too).
     pub llm: LlmSettings,
@@ -392,6 +394,28 @@ impl Default for DatabaseSettings {
             idle_timeout_ms: ms(d.idle_timeout),
             max_lifetime_ms: ms(d.max_lifetime),
             ready_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Scheduled backups: `serve` runs `atlasia backup create` every `interval_secs`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Seconds between scheduled backups; 0 (the default) schedules none.
+    pub interval_secs: u64,
+    /// Folder of the backups. Default: `<storage.data_dir>/backups`.
+    pub dir: Option<PathBuf>,
+    /// After each scheduled backup keep only the newest this many; 0 keeps all.
+    pub keep: u32,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            interval_secs: 0,
+            dir: None,
+            keep: 7,
         }
     }
 }

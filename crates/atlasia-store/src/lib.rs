@@ -3,6 +3,7 @@
 //! (claim with lease, heartbeat, reclaim), and API tokens. Migrations live per backend under
 //! `migrations/` and run at start.
 
+mod backup;
 mod decisions;
 mod diag;
 mod error;
@@ -20,6 +21,7 @@ mod steps;
 mod tokens;
 mod webhooks;
 
+pub use backup::{BackupError, TableCounts};
 pub use decisions::{Decision, HUMAN_STEP};
 pub use diag::{Activity, Diagnostics, LockWait};
 pub use error::{DbFault, StoreError};

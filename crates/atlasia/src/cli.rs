@@ -101,6 +101,9 @@ pub enum Command {
     /// Administration: API tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Backups of the database: create (consistent while serving), verify, restore.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Run sim-llm: a local, deterministic fake of the OpenAI and Anthropic APIs with fault
     /// injection, for tests, benchmarks and the offline demo. Stops on SIGINT/SIGTERM.
     SimLlm(SimLlmArgs),
@@ -154,6 +157,36 @@ pub enum TokenCommand {
     Revoke {
         /// The token's id or name.
         id_or_name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write a compressed backup with a manifest (schema version, rows per table, SHA-256)
+    /// and print its path. Safe while a server runs: it reads one consistent snapshot.
+    Create {
+        /// Folder for the backup. Default: `<storage.data_dir>/backups`.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Then keep only the newest N backups in that folder (only files named like ours
+        /// are ever deleted).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+    },
+    /// Check a backup: checksum, then a restore into a scratch SQLite database and its row
+    /// counts against the manifest. Exit 2 with one line when the file is damaged.
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Restore a backup into the configured database (SQLite or PostgreSQL, whichever the
+    /// backup came from). Refuses a database that holds any rows unless `--force`.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Replace the contents of a non-empty database.
+        #[arg(long)]
+        force: bool,
     },
 }
 

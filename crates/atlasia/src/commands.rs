@@ -82,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(())
         }
         Command::Admin(AdminCommand::Token(cmd)) => token(settings, cmd).await,
+        Command::Backup(cmd) => crate::backup_cmd::run(settings, cmd).await,
         Command::SimLlm(args) => sim_llm(args).await,
     };
     done.map(|()| 0)
@@ -117,6 +118,7 @@ async fn serve(mut settings: Settings) -> Result<(), CliError> {
         // A log event (so JSON logs stay JSON); stdout's first line stays the address.
         tracing::warn!(simulator = true, "{banner}");
     }
+    let backups = settings.clone();
     let app = Application::build(settings).await?;
     let addr = app.local_addr()?;
     // The first stdout line tells scripts and tests where we listen (useful with port 0).
@@ -130,7 +132,9 @@ async fn serve(mut settings: Settings) -> Result<(), CliError> {
         shutdown_signal().await;
         trigger.cancel();
     });
+    let scheduled = tokio::spawn(crate::backup_cmd::schedule(backups, shutdown.clone()));
     app.run_until_stopped(shutdown).await?;
+    let _ = scheduled.await;
     sim_stop.cancel();
     sim_tasks.close();
     sim_tasks.wait().await;

@@ -2,6 +2,7 @@
 //! hand over to the command. Exit codes: 0 success, 1 failure, 2 bad input or settings (and
 //! `run`'s 3: the bolt needs a human).
 
+mod backup_cmd;
 mod cli;
 mod commands;
 mod doctor;
