@@ -368,9 +368,12 @@ async fn fixed_llm(
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let request: Value =
-                    serde_json::from_slice(&buf[body_start..body_start + len]).unwrap_or_default();
-                seen.lock().unwrap().push(request);
+                // Model calls only: the server's start-up probe (`GET /v1/models`) is not one.
+                if head.starts_with("post ") {
+                    let request: Value = serde_json::from_slice(&buf[body_start..body_start + len])
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(request);
+                }
                 let body = json!({"id": "fake-1", "object": "chat.completion", "created": 0,
                     "model": "fake-invalid",
                     "choices": [{"index": 0, "finish_reason": finish_reason,

@@ -299,3 +299,82 @@ async fn the_gateway_and_proxy_hold_up_against_llama_server() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
 }
+
+/// One whole bolt through `atlasia run` against the real model. A 135M model will not fix the
+/// bug: this checks plumbing and honesty — the bolt ends within its bound with a clear outcome
+/// (exit 0, 1 or 3 and its `status:` line, never a hang or a crash), and a DONE is only
+/// possible with a change whose tests passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_bolt_against_llama_server_ends_with_a_clear_outcome() {
+    let Some(bin) = peer_binary() else { return };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let peer = Peer::start(&bin).await;
+    let repo = common::bolts::calc_repo();
+    let work = tempfile::tempdir().unwrap();
+    let issue = work.path().join("issue.md");
+    std::fs::write(
+        &issue,
+        "# add() subtracts\n\n`add(2, 3)` returns -1 instead of 5. Fix `add` in calc.py.\n",
+    )
+    .unwrap();
+    let endpoint = format!("{}/v1", peer.base);
+    let (repo_path, issue_path, dir) = (
+        repo.path().display().to_string(),
+        issue.display().to_string(),
+        work.path().to_path_buf(),
+    );
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(900),
+        tokio::task::spawn_blocking(move || {
+            cli(
+                &dir,
+                &["run", "--repo", &repo_path, "--issue", &issue_path],
+                &[
+                    ("LLM_ENDPOINT", endpoint.as_str()),
+                    ("LLM_MODEL", "smollm2"),
+                    ("LLM_API_KEY", "sk-local-peer-key"),
+                    ("NO_COLOR", "1"),
+                    // Small bounds: the model's answers are short or useless either way.
+                    ("ATLASIA_ENGINE__DEVELOPER_MAX_TOKENS", "12000"),
+                    ("ATLASIA_ENGINE__LLM_PATIENCE_SECS", "30"),
+                    ("ATLASIA_AGENTS__DEVELOPER__MAX_TOKENS", "512"),
+                    ("ATLASIA_LLM__TIMEOUT_MS", "120000"),
+                ],
+            )
+        }),
+    )
+    .await
+    .expect("the bolt ended within 15 minutes")
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!(
+        "whole bolt against llama-server: exit {:?} in {:?}",
+        out.status.code(),
+        started.elapsed()
+    );
+    let status = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("status:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    match out.status.code() {
+        Some(0) => {
+            assert_eq!(status, "DONE", "{stdout}\n{stderr}");
+            assert!(
+                stdout.contains("passed (exit 0)"),
+                "DONE only with tests that ran and passed:\n{stdout}"
+            );
+        }
+        Some(1) => assert_eq!(status, "FAILED", "{stdout}\n{stderr}"),
+        Some(3) => assert!(
+            matches!(status.as_str(), "ESCALATED" | "WAITING_GATE"),
+            "{stdout}\n{stderr}"
+        ),
+        other => panic!("exit {other:?}: not a clear outcome\n{stdout}\n{stderr}"),
+    }
+}
