@@ -527,3 +527,83 @@ async fn shutdown_requeues_the_run(db: Db) {
         "chaos: SIGTERM mid-bolt ({db:?}): lost nothing (the run is PENDING again at its step, no lease left); the server stopped in {stopped_in:?}"
     );
 }
+
+/// The reviewers run on a model with a small context (its endpoint's size configured); the
+/// Developer's change adds a big generated file, so the diff they read no longer fits: their
+/// input is cut to fit, with a mark, and the bolt goes on to DONE instead of overflowing.
+#[tokio::test(flavor = "multi_thread")]
+async fn inputs_are_cut_to_fit_a_small_context() {
+    let sim = Sim::start(&[]).await;
+    let tdb = TestDb::new(Db::Sqlite).await;
+    let model = |name: &str| {
+        format!(
+            "[[llm.models]]\nname = \"{name}\"\n[[llm.models.endpoints]]\nname = \"{name}-ep\"\n\
+             base_url = \"{}\"\nmodel = \"sim-model\"\napi_key = \"sk-test-key\"\n",
+            sim.base
+        )
+    };
+    let config = format!(
+        "[llm]\ndefault_model = \"big\"\nsimulator = true\n{}{}\
+         [llm.endpoint_context_tokens]\nsmall-ep = 6000\n\
+         [agents.reviewer]\nllm_model = \"small\"\n",
+        model("big"),
+        model("small"),
+    );
+    std::fs::write(tdb.dir.path().join("atlasia.toml"), config).unwrap();
+    let srv = TestServer::start_with(
+        tdb,
+        &[
+            ("ATLASIA_ENGINE__WORKERS", "2"),
+            ("ATLASIA_ENGINE__POLL_MS", "50"),
+        ],
+    )
+    .await;
+    let repo = common::bolts::calc_repo();
+    // A small generator the Developer writes and runs: the change becomes ~30 KB.
+    let generator = "with open('data.txt', 'w') as f:\n    for i in range(1200):\n        f.write(f'line {i} of the data\\n')\n";
+    let mut steps = vec![
+        json!({"tool": "write_file", "args": {"path": "gen.py", "content": generator}}),
+        json!({"tool": "run_command", "args": {"command": "python3 gen.py"}}),
+    ];
+    steps.extend(
+        common::bolts::edit_to(common::bolts::FIXED_NEW)
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    let run = srv
+        .create_run(json!({"repo": repo.path().display().to_string(),
+                           "title": "add() subtracts",
+                           "body": common::bolts::body(json!({"developer": [steps]}))}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    let done = common::bolts::wait_status(&srv, id, &["DONE", "FAILED", "ESCALATED"]).await;
+    assert_eq!(done["status"], "DONE", "{done}\n{}", srv.log());
+    let diff = srv
+        .get(&format!("/api/runs/{id}/pull-request"), ADMIN_TOKEN)
+        .await
+        .1["diff"]
+        .as_str()
+        .unwrap_or_default()
+        .len();
+    assert!(diff > 25_000, "the change is big: {diff} bytes");
+    let bodies = sim.bodies().await;
+    let reviews: Vec<&String> = bodies
+        .iter()
+        .filter(|b| b.contains(r#""name":"persona_review""#))
+        .collect();
+    assert!(!reviews.is_empty());
+    for b in &reviews {
+        assert!(
+            b.contains("cut to fit the model's context"),
+            "a reviewer got the whole diff"
+        );
+        // 80 % of 6000 tokens at ~4 bytes a token: a request far above it would overflow.
+        assert!(
+            b.len() < 6000 * 4,
+            "a reviewer's request of {} bytes",
+            b.len()
+        );
+    }
+}

@@ -152,6 +152,86 @@ pub fn output_bound(ctx: &StepCtx<'_>, contract: &AgentContract) -> u32 {
         .unwrap_or(contract.max_tokens)
 }
 
+/// The share of the model's context a request may fill; the token estimate is rough.
+const CONTEXT_SHARE: f64 = 0.8;
+
+/// What a string cut to fit the context ends with.
+const CUT_MARK: &str = "\n[cut to fit the model's context]";
+
+/// The user document, shrunk to fit the model's context when the model's size is known: the
+/// longest text in it (a diff, a test log, a file tree) is halved, with a mark, until the
+/// request fits (the prompt, the schema, the output bound and a margin included).
+fn fit_to_context(
+    ctx: &StepCtx<'_>,
+    contract: &AgentContract,
+    kind: &str,
+    schema: &Value,
+    user: String,
+    bound: u32,
+) -> String {
+    let Some(context) = ctx.gateway.context_tokens(&ctx.meta(contract), "") else {
+        return user;
+    };
+    let fixed = atlasia_llm::estimate_tokens(&ChatRequest {
+        messages: vec![Message::text(Role::System, contract.prompt.clone())],
+        response_format: Some(JsonSchema {
+            name: kind.to_owned(),
+            schema: schema.clone(),
+            strict: true,
+        }),
+        ..ChatRequest::default()
+    });
+    let budget = ((f64::from(context) * CONTEXT_SHARE) as u32)
+        .saturating_sub(bound)
+        .saturating_sub(fixed);
+    let measure = |text: &str| {
+        atlasia_llm::estimate_tokens(&ChatRequest {
+            messages: vec![Message::text(Role::User, text)],
+            ..ChatRequest::default()
+        })
+    };
+    if measure(&user) <= budget {
+        return user;
+    }
+    let Ok(mut doc) = serde_json::from_str::<Value>(&user) else {
+        return user;
+    };
+    let fitted = fit_document(&mut doc, |d| {
+        measure(&serde_json::to_string_pretty(d).unwrap_or_default()) <= budget
+    });
+    tracing::info!(run = %ctx.run.id, agent = %contract.name, context, fitted,
+        "input cut to fit the model's context");
+    serde_json::to_string_pretty(&doc).unwrap_or(user)
+}
+
+/// Halves the longest string of `doc` (marking the cut) until `fits` says so or nothing long
+/// is left; whether it fits in the end.
+pub fn fit_document(doc: &mut Value, fits: impl Fn(&Value) -> bool) -> bool {
+    fn longest(v: &mut Value) -> Option<&mut String> {
+        match v {
+            Value::String(s) => Some(s),
+            Value::Array(items) => items.iter_mut().filter_map(longest).max_by_key(|s| s.len()),
+            Value::Object(map) => map.values_mut().filter_map(longest).max_by_key(|s| s.len()),
+            _ => None,
+        }
+    }
+    while !fits(doc) {
+        let Some(text) = longest(doc) else {
+            return false;
+        };
+        if text.len() < 256 {
+            return false;
+        }
+        let body = text.strip_suffix(CUT_MARK).unwrap_or(text).to_owned();
+        let mut keep = body.len() / 2;
+        while !body.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        *text = format!("{}{CUT_MARK}", &body[..keep]);
+    }
+    true
+}
+
 /// Runs `contract` in `ctx`: one call, then up to [`MAX_REASKS`] corrections; the valid
 /// artifact. Every call is bounded ([`output_bound`]); an answer cut by the bound
 /// (`finish_reason: length`) is discarded and asked again with twice the bound and a request
@@ -173,11 +253,12 @@ pub async fn run_agent(
             contract.name
         )));
     };
+    let mut bound = output_bound(ctx, contract);
+    let user = fit_to_context(ctx, contract, kind, schema, user, bound);
     let base = [
         Message::text(Role::System, contract.prompt.clone()),
         Message::text(Role::User, user),
     ];
-    let mut bound = output_bound(ctx, contract);
     let mut followup: Vec<Message> = Vec::new();
     let mut last_problem = String::new();
     for attempt in 0..=MAX_REASKS {
@@ -242,5 +323,24 @@ mod tests {
             Some(json!({"a": 1}))
         );
         assert!(parse_answer("sure! here it is").is_err());
+    }
+
+    #[test]
+    fn documents_shrink_at_their_longest_text_until_they_fit() {
+        let mut doc = json!({"issue": {"title": "t", "body": "b"},
+                             "diff": "d".repeat(40_000), "test_log": ["x".repeat(9_000)]});
+        let size = |d: &Value| d.to_string().len();
+        assert!(fit_document(&mut doc, |d| size(d) < 12_000));
+        assert!(size(&doc) < 12_000);
+        let diff = doc["diff"].as_str().unwrap_or_default();
+        assert!(
+            diff.ends_with(CUT_MARK) && diff.starts_with("ddd"),
+            "{}",
+            diff.len()
+        );
+        assert_eq!(doc["issue"]["title"], "t", "short fields are untouched");
+        // Nothing long left to cut: it says so instead of looping.
+        let mut small = json!({"a": "short"});
+        assert!(!fit_document(&mut small, |_| false));
     }
 }
