@@ -423,7 +423,31 @@ async fn running_server(base: &str) -> Vec<Finding> {
     out.push(memory(sample(&metrics, "process_resident_memory_bytes")));
     out.push(llm(&samples));
     out.push(api_latency(&samples));
+    out.push(live_streams(&samples));
     out
+}
+
+/// The live view's streams: how many are open, and how many ended badly (a slow or dead peer,
+/// a failed read) since start — a WARN, since clients resume without loss.
+fn live_streams(samples: &[crate::prom::Sample]) -> Finding {
+    let ws = crate::prom::sum(samples, "websocket_connections_active");
+    let sse = crate::prom::sum(samples, "sse_connections_active");
+    let bad: f64 = samples
+        .iter()
+        .filter(|s| s.name == "websocket_disconnects_total")
+        .filter(|s| {
+            matches!(
+                s.label("reason"),
+                Some("slow_consumer" | "ping_timeout" | "error")
+            )
+        })
+        .map(|s| s.value)
+        .sum();
+    let detail = format!(
+        "{ws} WebSocket and {sse} SSE stream(s) open; {bad} dropped (slow, dead or failed) since start"
+    );
+    let level = if bad > 0.0 { Level::Warn } else { Level::Ok };
+    finding(level, "live streams", detail)
 }
 
 async fn fetch_server(base: &str) -> Result<(reqwest::StatusCode, Value, String), Finding> {

@@ -38,7 +38,7 @@ async fn healthy_then_troubled(db: Db) {
     let (code, report) = doctor(&srv.db, &["--server", &srv.base], &[]);
     eprintln!("{report}");
     assert_eq!(code, 0, "{report}");
-    for check in ["db faults", "memory", "llm", "api latency"] {
+    for check in ["db faults", "memory", "llm", "api latency", "live streams"] {
         assert!(line(&report, check).starts_with("ok"), "{report}");
     }
     assert!(line(&report, "database").starts_with("ok"), "{report}");
