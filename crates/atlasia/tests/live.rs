@@ -159,13 +159,20 @@ async fn sse_resumes_from_last_event_id(db: Db) {
     );
     // Read frames until every stored event after 3 has arrived.
     let mut body = resp.bytes_stream();
-    let mut text = String::new();
+    let mut raw = Vec::new();
     let want = all.len() - 3;
     let frames = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let chunk = body.next().await.unwrap().unwrap();
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            let frames: Vec<&str> = text.split("\n\n").filter(|f| f.contains("data:")).collect();
+            raw.extend_from_slice(&chunk);
+            // Whole characters only: a chunk may also end inside one.
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            // Only whole frames: a chunk may end in the middle of one.
+            let whole = &text[..text.rfind("\n\n").map_or(0, |i| i + 2)];
+            let frames: Vec<&str> = whole
+                .split("\n\n")
+                .filter(|f| f.contains("data:"))
+                .collect();
             if frames.len() >= want {
                 return frames.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>();
             }
