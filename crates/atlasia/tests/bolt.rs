@@ -593,11 +593,7 @@ async fn two_servers_never_run_the_same_bolt() {
     }
     let sim = Sim::start(&[]).await;
     let first_db = TestDb::new(Db::Postgres).await;
-    let second_db = TestDb {
-        kind: Db::Postgres,
-        url: first_db.url.clone(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let second_db = first_db.same_database();
     let a = server(first_db, &sim, &[]).await;
     let b = server(second_db, &sim, &[]).await;
     let repo = user_repo();
@@ -644,11 +640,7 @@ async fn a_run_enqueued_elsewhere_wakes_idle_workers() {
     }
     let sim = Sim::start(&[]).await;
     let api_db = TestDb::new(Db::Postgres).await;
-    let worker_db = TestDb {
-        kind: Db::Postgres,
-        url: api_db.url.clone(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let worker_db = api_db.same_database();
     let api = TestServer::start_with(api_db, &[]).await;
     let worker = server(
         worker_db,

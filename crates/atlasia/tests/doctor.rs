@@ -145,11 +145,7 @@ async fn a_held_lock_fails_within_the_deadline_and_names_the_blocker() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let db = TestDb {
-        kind: Db::Postgres,
-        url: srv.db.url.clone(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let db = srv.db.same_database();
     let (code, report) = tokio::task::spawn_blocking(move || doctor(&db, &["--no-server"], &[]))
         .await
         .unwrap();

@@ -168,11 +168,7 @@ async fn full_disk_loses_no_acknowledged_run_and_recovers_without_restart() {
 
     // Every acknowledged run survives a restart of the binary.
     srv.terminate(Duration::from_secs(30)).await;
-    let db = TestDb {
-        kind: Db::Sqlite,
-        url: srv.db.url.clone(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let db = srv.db.same_database();
     let srv2 = serve(db, &data, "0").await;
     for id in &acknowledged {
         let (s, v) = srv2.get(&format!("/api/runs/{id}"), ADMIN_TOKEN).await;

@@ -322,6 +322,32 @@ async fn failing_llm_fails_the_run_with_the_cause(db: Db) {
     assert!(waits >= 1, "no patient retry before failing");
 }
 
+/// One worker against the fake LLM at `base` (plus `extra`), and one run on a repository that
+/// cannot be prepared (the planners answer first): the server, the run's id and the run once
+/// it settled.
+async fn one_planning_run(
+    db: Db,
+    base: &str,
+    extra: &[(&str, &str)],
+    title: &str,
+) -> (TestServer, String, Value) {
+    let mut env = vec![
+        ("LLM_ENDPOINT", base),
+        ("LLM_MODEL", "sim-model"),
+        ("LLM_API_KEY", "sk-test-key"),
+        ("ATLASIA_ENGINE__WORKERS", "1"),
+        ("ATLASIA_ENGINE__POLL_MS", "50"),
+    ];
+    env.extend_from_slice(extra);
+    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
+    let run = srv
+        .create_run(json!({"repo": "acme/widgets", "title": title}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let done = settled(&srv, &id).await;
+    (srv, id, done)
+}
+
 /// A fake OpenAI endpoint that answers every request with the same schema-invalid JSON (`{}`)
 /// and records each request body: the simulator only gives valid answers.
 async fn invalid_llm() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
@@ -398,19 +424,8 @@ async fn fixed_llm(
 /// then the bolt escalates `invalid_output` at the step, rather than failing.
 async fn invalid_answers_are_reasked_then_escalate(db: Db) {
     let (base, bodies) = invalid_llm().await;
-    let env = [
-        ("LLM_ENDPOINT", base.as_str()),
-        ("LLM_MODEL", "sim-model"),
-        ("LLM_API_KEY", "sk-test-key"),
-        ("ATLASIA_ENGINE__WORKERS", "1"),
-        ("ATLASIA_ENGINE__POLL_MS", "50"),
-    ];
-    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
-    let run = srv
-        .create_run(json!({"repo": "acme/widgets", "title": "Answer badly"}))
-        .await;
-    let id = run["id"].as_str().unwrap();
-    let done = settled(&srv, id).await;
+    let (srv, id, done) = one_planning_run(db, &base, &[], "Answer badly").await;
+    let id = id.as_str();
     assert_eq!(done["status"], "ESCALATED", "{done}\n{}", srv.log());
     assert_eq!(done["current_step"], "PM", "PROCEED asks the PM again");
     let arts = artifacts(&srv, id).await;
@@ -449,20 +464,14 @@ async fn invalid_answers_are_reasked_then_escalate(db: Db) {
 /// cut escalate saying so.
 async fn cut_answers_are_reasked_with_a_larger_bound_then_escalate(db: Db) {
     let (base, bodies) = fixed_llm("length", "{\"summary\": \"Make add() add, and then").await;
-    let env = [
-        ("LLM_ENDPOINT", base.as_str()),
-        ("LLM_MODEL", "sim-model"),
-        ("LLM_API_KEY", "sk-test-key"),
-        ("ATLASIA_ENGINE__WORKERS", "1"),
-        ("ATLASIA_ENGINE__POLL_MS", "50"),
-        ("ATLASIA_AGENTS__PM__MAX_TOKENS", "300"),
-    ];
-    let srv = TestServer::start_with(TestDb::new(db).await, &env).await;
-    let run = srv
-        .create_run(json!({"repo": "acme/widgets", "title": "Answer at length"}))
-        .await;
-    let id = run["id"].as_str().unwrap();
-    let done = settled(&srv, id).await;
+    let (srv, id, done) = one_planning_run(
+        db,
+        &base,
+        &[("ATLASIA_AGENTS__PM__MAX_TOKENS", "300")],
+        "Answer at length",
+    )
+    .await;
+    let id = id.as_str();
     assert_eq!(done["status"], "ESCALATED", "{done}\n{}", srv.log());
     let arts = artifacts(&srv, id).await;
     let esc = &arts[0]["payload"];

@@ -269,11 +269,7 @@ async fn a_subscriber_sees_events_committed_by_another_replica() {
     }
     let sim = Sim::start(&[]).await;
     let first_db = TestDb::new(Db::Postgres).await;
-    let second_db = TestDb {
-        kind: Db::Postgres,
-        url: first_db.url.clone(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let second_db = first_db.same_database();
     // The watcher's server runs no workers: every event comes from the other one.
     let watcher = bolt_server(first_db, &sim, &[("ATLASIA_ENGINE__WORKERS", "0")]).await;
     let worker = bolt_server(second_db, &sim, &[]).await;

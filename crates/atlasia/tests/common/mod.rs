@@ -86,6 +86,15 @@ impl TestDb {
         Self { kind, url, dir }
     }
 
+    /// The same database for a second server (a replica), with a scratch directory of its own.
+    pub fn same_database(&self) -> Self {
+        Self {
+            kind: self.kind,
+            url: self.url.clone(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     /// A store on this database (migrated), with pool options for tests.
     pub async fn store(&self, max_connections: u32) -> atlasia_store::Store {
         let opts = atlasia_store::DbOptions {
